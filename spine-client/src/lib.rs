@@ -1,0 +1,3 @@
+//! Rust client for the Spine, and the `spinectl` command.
+
+pub mod convert;
