@@ -1,1 +1,48 @@
-//! placeholder
+//! The Spine: a Raft-replicated master store for Sharing Maps.
+//!
+//! ```text
+//!            clients (spinectl, node agents)                  other Spine nodes
+//!                      │ gRPC Spine                                  ▲ │ gRPC RaftPeer
+//!                      ▼                                             │ ▼
+//!   service.rs ──Command──▶ node.rs (RawNode loop) ──messages──▶ transport.rs
+//!       │  ▲                  │ append + fsync      apply
+//!       │  └──Outcome─────────┤ store.rs (sled) ◀── state.rs (pure state machine)
+//!       ▼                     ▼
+//!   subscribe.rs ◀── broadcast<AppliedEvent>, watch<Arc<State>>
+//! ```
+//!
+//! - [`state`]: the pure state machine (maps, bounded change-set history, last update ids).
+//! - [`store`]: sled storage for the Raft log, hard state and applied state.
+//! - [`node`]: the Raft loop (pre-vote, check-quorum, group commit, ReadIndex, membership).
+//! - [`transport`]: batched Raft messages between nodes over gRPC.
+//! - [`service`] and [`subscribe`]: the client API.
+//! - [`server`]: wiring; the `spine` binary (`spine serve`, `spine dev`) is in `main.rs`.
+//!
+//! A node can be embedded:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use spine_server::{node::NodeConfig, server::{start, ServeConfig}};
+//! let server = start(ServeConfig {
+//!     node: NodeConfig { id: 1, ..NodeConfig::default() },
+//!     listen: "127.0.0.1:7401".parse()?,
+//!     peers: Default::default(),
+//!     join: false,
+//!     data_dir: "/tmp/spine-node1".into(),
+//!     metrics_listen: None,
+//! })
+//! .await?;
+//! server.stop().await;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod logging;
+pub mod metrics;
+pub mod node;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod store;
+pub mod subscribe;
+pub mod transport;

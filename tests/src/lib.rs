@@ -1,1 +1,535 @@
-//! placeholder
+//! A harness for multi-process cluster tests: real `spine serve` processes on loopback ports in
+//! temporary directories, with fault injection that needs no root.
+//!
+//! - [`Cluster::start`] launches N nodes; each node reaches each other node through its own
+//!   [`Proxy`], so [`Cluster::isolate`] can cut one node off from the others (both directions)
+//!   while clients still reach it directly.
+//! - [`Cluster::kill`] sends SIGKILL; [`Cluster::restart`] starts the node again on its data.
+//! - [`eventually`] waits for a condition with a deadline (no sleeps as synchronization).
+//! - Invariants are code: [`Cluster::wait_converged`] returns once every live node applied the
+//!   same index with the same state digest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use spine_proto::v1 as pb;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+/// A raw gRPC client of one node.
+pub type RawClient = pb::spine_client::SpineClient<Channel>;
+
+/// Path of a workspace binary, built once per test process so a test never runs a stale one.
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            // target/<profile>/deps/<test> -> target/<profile>
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .ok_or("cannot locate the target directory")?
+                .to_path_buf();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = std::process::Command::new(cargo);
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "spine-server",
+                "-p",
+                "spine-client",
+                "--bins",
+            ]);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd
+                .status()
+                .map_err(|e| format!("running cargo build: {e}"))?;
+            if !status.success() {
+                return Err(format!("cargo build of the binaries failed: {status}"));
+            }
+            Ok(profile_dir)
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("binary {} not found", path.display());
+    }
+    Ok(path)
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Polls `check` until it returns `Some`, or fails after `deadline` with `what` in the error.
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A TCP proxy that can be cut (refusing and dropping connections) and healed.
+#[derive(Debug)]
+pub struct Proxy {
+    port: u16,
+    enabled: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts forwarding a fresh loopback port to `target`.
+    pub async fn start(target: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let enabled = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (en, cs) = (enabled.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !en.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                if let Ok(mut c) = cs.lock() {
+                    c.retain(|h| !h.is_finished());
+                    c.push(task.abort_handle());
+                }
+            }
+        });
+        Ok(Self {
+            port,
+            enabled,
+            conns,
+            accept,
+        })
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.enabled.store(false, Ordering::SeqCst);
+        if let Ok(mut c) = self.conns.lock() {
+            for h in c.drain(..) {
+                h.abort();
+            }
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn heal(&self) {
+        self.enabled.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// Options for a test cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOpts {
+    /// Extra `spine serve` arguments for every node.
+    pub args: Vec<String>,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> Self {
+        Self {
+            args: vec!["--tick-ms".into(), "50".into()],
+        }
+    }
+}
+
+#[derive(Debug)]
+struct NodeProc {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    join: bool,
+    extra: Vec<String>,
+}
+
+/// A cluster of real `spine serve` processes.
+#[derive(Debug)]
+pub struct Cluster {
+    tmp: tempfile::TempDir,
+    opts: ClusterOpts,
+    nodes: BTreeMap<u64, NodeProc>,
+    /// (from, to) -> the proxy `from` uses to reach `to`.
+    proxies: HashMap<(u64, u64), Proxy>,
+}
+
+impl Cluster {
+    /// Starts `n` founding nodes with ids 1..=n and waits for a leader.
+    pub async fn start(n: u64, opts: ClusterOpts) -> anyhow::Result<Self> {
+        let mut c = Self {
+            tmp: tempfile::tempdir()?,
+            opts,
+            nodes: BTreeMap::new(),
+            proxies: HashMap::new(),
+        };
+        for id in 1..=n {
+            let dir = c.tmp.path().join(format!("node{id}"));
+            c.nodes.insert(
+                id,
+                NodeProc {
+                    port: free_port()?,
+                    dir,
+                    child: None,
+                    join: false,
+                    extra: Vec::new(),
+                },
+            );
+        }
+        for from in 1..=n {
+            for to in 1..=n {
+                if from != to {
+                    let target = SocketAddr::from(([127, 0, 0, 1], c.nodes[&to].port));
+                    c.proxies.insert((from, to), Proxy::start(target).await?);
+                }
+            }
+        }
+        for id in 1..=n {
+            c.spawn(id)?;
+        }
+        c.wait_for_leader(Duration::from_secs(20)).await?;
+        Ok(c)
+    }
+
+    fn founders(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| !n.join)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let spine = bin("spine")?;
+        let founders = self.founders();
+        let node = self.nodes.get(&id).context("no such node")?;
+        std::fs::create_dir_all(&node.dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.join("node.log"))?;
+        let mut cmd = Command::new(spine);
+        cmd.arg("serve")
+            .args(["--id", &id.to_string()])
+            .args(["--listen", &format!("127.0.0.1:{}", node.port)])
+            .args(["--data-dir", &node.dir.join("data").display().to_string()]);
+        if node.join {
+            cmd.arg("--join");
+        } else {
+            for peer in &founders {
+                let port = if *peer == id {
+                    node.port
+                } else {
+                    self.proxies
+                        .get(&(id, *peer))
+                        .map(Proxy::port)
+                        .context("missing proxy")?
+                };
+                cmd.args(["--peer", &format!("{peer}=127.0.0.1:{port}")]);
+            }
+        }
+        cmd.args(&self.opts.args)
+            .args(&node.extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("SPINE_TEST_LOG").unwrap_or_else(|_| "info,raft=info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = cmd.spawn().context("starting spine serve")?;
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.child = Some(child);
+        }
+        Ok(())
+    }
+
+    /// Adds a node started with `--join` (not yet a member: add it with `AddLearner`).
+    pub fn spawn_joiner(&mut self, id: u64, extra: Vec<String>) -> anyhow::Result<String> {
+        let port = free_port()?;
+        let dir = self.tmp.path().join(format!("node{id}"));
+        self.nodes.insert(
+            id,
+            NodeProc {
+                port,
+                dir,
+                child: None,
+                join: true,
+                extra,
+            },
+        );
+        self.spawn(id)?;
+        Ok(format!("127.0.0.1:{port}"))
+    }
+
+    /// Ids of all nodes (running or not).
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Ids of running nodes.
+    pub fn live(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.child.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The client address of a node.
+    pub fn endpoint(&self, id: u64) -> String {
+        self.nodes
+            .get(&id)
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .unwrap_or_default()
+    }
+
+    /// Client addresses of every node.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.ids().into_iter().map(|id| self.endpoint(id)).collect()
+    }
+
+    /// A raw gRPC client of one node.
+    pub async fn raw(&self, id: u64) -> anyhow::Result<RawClient> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.endpoint(id)))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to node {id}"))?;
+        Ok(pb::spine_client::SpineClient::new(ch))
+    }
+
+    /// Kills a node with SIGKILL and waits for it to exit.
+    pub async fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        if let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            child.start_kill()?;
+            child.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops a node with SIGTERM (graceful) and waits for it to exit.
+    pub async fn stop(&mut self, id: u64) -> anyhow::Result<()> {
+        if let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                child.start_kill()?;
+                child.wait().await?;
+                bail!("node {id} did not stop within 10 s of SIGTERM");
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped or killed node again on its data.
+    pub async fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        self.spawn(id)
+    }
+
+    /// Cuts a node off from every other node, both ways (clients still reach it).
+    pub fn isolate(&self, id: u64) {
+        for ((from, to), p) in &self.proxies {
+            if *from == id || *to == id {
+                p.cut();
+            }
+        }
+    }
+
+    /// Reconnects a node.
+    pub fn heal(&self, id: u64) {
+        for ((from, to), p) in &self.proxies {
+            if *from == id || *to == id {
+                p.heal();
+            }
+        }
+    }
+
+    /// Cluster status from one node.
+    pub async fn status(&self, id: u64) -> anyhow::Result<pb::ClusterStatusResponse> {
+        Ok(self
+            .raw(id)
+            .await?
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Waits until the live nodes agree on a leader that says it leads; returns its id.
+    pub async fn wait_for_leader(&self, deadline: Duration) -> anyhow::Result<u64> {
+        let live = self.live();
+        eventually("a leader", deadline, || async {
+            let mut leaders = Vec::new();
+            for id in &live {
+                if let Ok(s) = self.status(*id).await {
+                    leaders.push((s.id, s.leader_id, s.state));
+                }
+            }
+            let leader = leaders
+                .iter()
+                .find(|(_, _, state)| state == "leader")
+                .map(|(id, _, _)| *id)?;
+            let agree = leaders.iter().filter(|(_, l, _)| *l == leader).count();
+            (agree * 2 > live.len()).then_some(leader)
+        })
+        .await
+    }
+
+    /// Waits until every live node has applied the same index with the same state digest.
+    pub async fn wait_converged(&self, deadline: Duration) -> anyhow::Result<pb::DigestResponse> {
+        let live = self.live();
+        let last = Arc::new(Mutex::new(String::new()));
+        let result = eventually("replicas to converge", deadline, || {
+            let live = live.clone();
+            let last = last.clone();
+            async move {
+                let mut digests = Vec::new();
+                for id in &live {
+                    let d = self
+                        .raw(*id)
+                        .await
+                        .ok()?
+                        .digest(pb::DigestRequest {})
+                        .await
+                        .ok()?;
+                    digests.push(d.into_inner());
+                }
+                if let Ok(mut l) = last.lock() {
+                    *l = format!("{digests:?}");
+                }
+                let first = *digests.first()?;
+                digests
+                    .iter()
+                    .all(|d| d.applied_index == first.applied_index && d.digest == first.digest)
+                    .then_some(first)
+            }
+        })
+        .await;
+        let last = last.lock().map(|l| l.clone()).unwrap_or_default();
+        result.with_context(|| format!("last digests: {last}"))
+    }
+
+    /// The last lines of a node's log, for failure messages.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let Some(n) = self.nodes.get(&id) else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(n.dir.join("node.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for id in self.ids() {
+                eprintln!("---- node {id} log (tail) ----\n{}", self.log_tail(id, 40));
+            }
+        }
+        for n in self.nodes.values_mut() {
+            if let Some(child) = n.child.as_mut() {
+                let _ = child.start_kill();
+            }
+        }
+    }
+}
+
+/// Helpers to build requests.
+pub mod req {
+    use super::pb;
+
+    /// A JSON-valued put.
+    pub fn put(key: &str, json: &str) -> pb::KeyEntry {
+        pb::KeyEntry {
+            key: key.into(),
+            entry: Some(pb::Entry {
+                kind: Some(pb::entry::Kind::Json(json.into())),
+            }),
+        }
+    }
+
+    /// A one-map update request.
+    pub fn update(
+        app: &str,
+        map: &str,
+        version: u64,
+        id: &str,
+        put: Vec<pb::KeyEntry>,
+    ) -> pb::UpdateRequest {
+        pb::UpdateRequest {
+            app: app.into(),
+            change_sets: vec![pb::ChangeSet {
+                map: map.into(),
+                version,
+                update_id: id.into(),
+                remove: vec![],
+                put,
+            }],
+        }
+    }
+
+    /// A create request.
+    pub fn create(app: &str, map: &str) -> pb::CreateMapRequest {
+        pb::CreateMapRequest {
+            app: app.into(),
+            map: map.into(),
+            initial: vec![],
+        }
+    }
+}

@@ -1,0 +1,460 @@
+//! spinectl's command line.
+//!
+//! Names (maps, apps) and update ids are taken as text and validated when the command runs, so a
+//! bad one fails like any other error: one `error:` line quoting the name and the rule it broke.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The endpoints `spine dev` listens on.
+pub const DEV_ENDPOINTS: &str = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403";
+
+const EXAMPLES: &str = "\
+Examples:
+  spine dev &                                    # a local 3-node cluster
+  spinectl map create alice-phone-prices
+  spinectl map put alice-phone-prices apple 3 pear '{\"eur\": 2}'
+  spinectl map put alice-phone-prices total --method 'this.get(\"apple\") * n' --args n
+  spinectl map get alice-phone-prices
+  spinectl map call alice-phone-prices total 2
+  spinectl map watch alice-phone- --prefix       # Ctrl-C to stop
+  spinectl --output json map list | jq .
+  spinectl cluster status --all";
+
+/// Read, write and watch Sharing Maps, and manage a Spine cluster.
+///
+/// Any node accepts any request; spinectl tries the endpoints in turn until one answers or the
+/// timeout passes. On failure it prints one `error:` line and exits with status 1.
+#[derive(Parser, Debug, Clone, PartialEq)]
+#[command(name = "spinectl", version, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Spine endpoints, comma-separated (host:port or http://host:port).
+    #[arg(
+        long,
+        global = true,
+        env = "SPINE_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = DEV_ENDPOINTS
+    )]
+    pub endpoints: Vec<String>,
+
+    /// The app whose maps to use (publisher-app).
+    #[arg(long, global = true, env = "SPINE_APP", default_value = "dev-app")]
+    pub app: String,
+
+    /// Output format: human-readable text, or JSON for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+
+    /// Seconds a request may take, retries on other endpoints included.
+    #[arg(long, global = true, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub timeout: Duration,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Text for people.
+    Human,
+    /// JSON on stdout (JSON lines for `map watch`).
+    Json,
+}
+
+/// Top-level commands.
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Create, read, write, watch and call Sharing Maps.
+    #[command(subcommand)]
+    Map(MapCommand),
+    /// Show the Raft group and change its membership.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// Map commands.
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+pub enum MapCommand {
+    /// Create a map (version 0) unless it exists; an existing map is left unchanged.
+    #[command(
+        after_help = "Example:\n  echo '{\"apple\": 3}' | spinectl map create alice-phone-prices --from -"
+    )]
+    Create {
+        /// The map's name, owner-local-map (e.g. alice-phone-prices).
+        map: String,
+        /// Initial content: a JSON object of key -> JSON value, from a file or `-` for stdin.
+        #[arg(long, value_name = "FILE|-")]
+        from: Option<String>,
+    },
+    /// Print a map (or some keys of it) at its current version.
+    Get {
+        /// The map's name.
+        map: String,
+        /// Only these keys.
+        keys: Vec<String>,
+        /// Accept the answering node's possibly stale state instead of a linearizable read.
+        #[arg(long)]
+        stale_ok: bool,
+    },
+    /// Set keys to JSON values (or one key to a method) in one atomic update; prints the new
+    /// version.
+    #[command(after_help = "\
+A VALUE that is not valid JSON is taken as a string: `spinectl map put m k hello` stores \"hello\".
+
+Examples:
+  spinectl map put alice-phone-prices apple 3 note 'fresh today'
+  spinectl map put alice-phone-prices apple 4 --version 1     # only if the map is at version 1
+  spinectl map put alice-phone-prices total --method 'this.get(\"apple\") * n' --args n")]
+    Put(PutArgs),
+    /// Remove keys in one atomic update; prints the new version.
+    Rm {
+        /// The map's name.
+        map: String,
+        /// Keys to remove.
+        #[arg(required = true)]
+        keys: Vec<String>,
+        /// Version and update id.
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Apply change sets from a file: one JSON change set or an array of them (maps of one
+    /// writer; all are applied or none).
+    #[command(after_help = "\
+A change set is {\"map\": NAME, \"version\": V, \"update_id\": ID, \"remove\": [KEY...],
+\"put\": [[KEY, {\"value\": JSON}], [KEY, {\"method\": {\"args\": [NAME...], \"body\": SCRIPT}}]]};
+it applies only if the map is at version V.")]
+    Apply {
+        /// The file, or `-` for stdin.
+        #[arg(value_name = "FILE|-")]
+        file: String,
+    },
+    /// List the app's maps, optionally only those whose names start with a prefix.
+    List {
+        /// Name prefix.
+        prefix: Option<String>,
+        /// Accept the answering node's possibly stale state.
+        #[arg(long)]
+        stale_ok: bool,
+    },
+    /// Print updates of a map (or of every map under a prefix) as they commit, until Ctrl-C.
+    Watch {
+        /// The map's name, or a name prefix with --prefix.
+        map: String,
+        /// MAP is a prefix: watch every map whose name starts with it.
+        #[arg(long)]
+        prefix: bool,
+        /// Start with the updates after this version instead of a snapshot.
+        #[arg(long, value_name = "VERSION")]
+        from: Option<u64>,
+    },
+    /// Print the retained change sets of a map.
+    History {
+        /// The map's name.
+        map: String,
+        /// Only change sets after this version.
+        #[arg(long, value_name = "VERSION", default_value_t = 0)]
+        after: u64,
+    },
+    /// Run a method of a map locally on its current version and print the result.
+    Call {
+        /// The map's name.
+        map: String,
+        /// The key the method is stored under.
+        method: String,
+        /// Arguments: JSON values (text that is not JSON is taken as a string).
+        #[arg(value_name = "ARG_JSON", allow_negative_numbers = true)]
+        args: Vec<String>,
+    },
+}
+
+/// `map put`'s arguments.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct PutArgs {
+    /// The map's name.
+    pub map: String,
+    /// KEY VALUE pairs; with --method, the one KEY to store the method under.
+    #[arg(
+        value_name = "KEY VALUE",
+        required = true,
+        allow_negative_numbers = true
+    )]
+    pub pairs: Vec<String>,
+    /// Store a method (a Rhai script; `this` is the map) instead of a value.
+    #[arg(long, value_name = "BODY")]
+    pub method: Option<String>,
+    /// The method's argument names, comma-separated.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',', requires = "method")]
+    pub args: Vec<String>,
+    /// Version and update id.
+    #[command(flatten)]
+    pub write: WriteArgs,
+}
+
+/// Options of writes.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct WriteArgs {
+    /// Apply only if the map is at this version (one compare-and-swap, no retry). Without it,
+    /// the current version is read and the write retried on conflicts.
+    #[arg(long, value_name = "VERSION")]
+    pub version: Option<u64>,
+    /// The update's id (default: a random `spinectl-…`); repeating the map's last id is a no-op
+    /// success.
+    #[arg(long, value_name = "ID")]
+    pub update_id: Option<String>,
+}
+
+/// Cluster commands.
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+pub enum ClusterCommand {
+    /// Show the members, the leader, terms and indexes.
+    Status {
+        /// Ask every endpoint instead of the first that answers.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Add a node as a learner (it receives the log but does not vote).
+    Add {
+        /// The new node's Raft id.
+        id: u64,
+        /// The address it serves on (host:port).
+        addr: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// The node's Raft id.
+        id: u64,
+    },
+    /// Remove a node from the group.
+    Remove {
+        /// The node's Raft id.
+        id: u64,
+    },
+    /// Hand leadership to another voter.
+    Transfer {
+        /// The node's Raft id.
+        id: u64,
+    },
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
+}
+
+/// A command-line value: JSON if it parses as JSON, otherwise the text as a JSON string.
+pub fn parse_value(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("spinectl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn globals_default_to_spine_dev() -> Result<(), clap::Error> {
+        let cli = parse(&["map", "get", "bob-tv-x"])?;
+        assert_eq!(
+            cli.endpoints,
+            ["127.0.0.1:7401", "127.0.0.1:7402", "127.0.0.1:7403"]
+        );
+        assert_eq!(cli.app, "dev-app");
+        assert_eq!(cli.output, Output::Human);
+        assert_eq!(cli.timeout, Duration::from_secs(10));
+        let cli = parse(&[
+            "map",
+            "list",
+            "--endpoints",
+            "h:1,h:2",
+            "--output",
+            "json",
+            "--timeout",
+            "0.5",
+            "--app",
+            "acme-shop",
+        ])?;
+        assert_eq!(cli.endpoints, ["h:1", "h:2"]);
+        assert_eq!(cli.output, Output::Json);
+        assert_eq!(cli.timeout, Duration::from_millis(500));
+        assert_eq!(cli.app, "acme-shop");
+        assert!(parse(&["--timeout", "-1", "map", "list"]).is_err());
+        assert!(parse(&["--timeout", "soon", "map", "list"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn put_takes_pairs_or_a_method() -> Result<(), clap::Error> {
+        let cli = parse(&[
+            "map",
+            "put",
+            "bob-tv-x",
+            "a",
+            "-1",
+            "b",
+            "x y",
+            "--version",
+            "3",
+        ])?;
+        let Command::Map(MapCommand::Put(put)) = cli.command else {
+            panic!("not a put: {cli:?}");
+        };
+        assert_eq!(put.pairs, ["a", "-1", "b", "x y"]);
+        assert_eq!(put.write.version, Some(3));
+        assert_eq!(put.method, None);
+        let cli = parse(&[
+            "map",
+            "put",
+            "bob-tv-x",
+            "total",
+            "--method",
+            "a + b",
+            "--args",
+            "a,b",
+            "--update-id",
+            "u-1",
+        ])?;
+        let Command::Map(MapCommand::Put(put)) = cli.command else {
+            panic!("not a put: {cli:?}");
+        };
+        assert_eq!(put.pairs, ["total"]);
+        assert_eq!(put.method.as_deref(), Some("a + b"));
+        assert_eq!(put.args, ["a", "b"]);
+        assert_eq!(put.write.update_id.as_deref(), Some("u-1"));
+        // --args only makes sense with --method; a put needs at least a key.
+        assert!(parse(&["map", "put", "bob-tv-x", "k", "1", "--args", "a"]).is_err());
+        assert!(parse(&["map", "put", "bob-tv-x"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn map_commands_parse() -> Result<(), clap::Error> {
+        let cases: Vec<(Vec<&str>, MapCommand)> = vec![
+            (
+                vec!["create", "bob-tv-x", "--from", "-"],
+                MapCommand::Create {
+                    map: "bob-tv-x".into(),
+                    from: Some("-".into()),
+                },
+            ),
+            (
+                vec!["get", "bob-tv-x", "k1", "k2", "--stale-ok"],
+                MapCommand::Get {
+                    map: "bob-tv-x".into(),
+                    keys: vec!["k1".into(), "k2".into()],
+                    stale_ok: true,
+                },
+            ),
+            (
+                vec!["rm", "bob-tv-x", "k"],
+                MapCommand::Rm {
+                    map: "bob-tv-x".into(),
+                    keys: vec!["k".into()],
+                    write: WriteArgs {
+                        version: None,
+                        update_id: None,
+                    },
+                },
+            ),
+            (
+                vec!["apply", "cs.json"],
+                MapCommand::Apply {
+                    file: "cs.json".into(),
+                },
+            ),
+            (
+                vec!["list"],
+                MapCommand::List {
+                    prefix: None,
+                    stale_ok: false,
+                },
+            ),
+            (
+                vec!["watch", "bob-", "--prefix", "--from", "4"],
+                MapCommand::Watch {
+                    map: "bob-".into(),
+                    prefix: true,
+                    from: Some(4),
+                },
+            ),
+            (
+                vec!["history", "bob-tv-x", "--after", "2"],
+                MapCommand::History {
+                    map: "bob-tv-x".into(),
+                    after: 2,
+                },
+            ),
+            (
+                vec!["call", "bob-tv-x", "total", "2", "-3", "{\"a\":1}"],
+                MapCommand::Call {
+                    map: "bob-tv-x".into(),
+                    method: "total".into(),
+                    args: vec!["2".into(), "-3".into(), "{\"a\":1}".into()],
+                },
+            ),
+        ];
+        for (args, expected) in cases {
+            let cli = parse(&[&["map"], args.as_slice()].concat())?;
+            assert_eq!(cli.command, Command::Map(expected));
+        }
+        assert!(parse(&["map", "rm", "bob-tv-x"]).is_err(), "rm needs keys");
+        Ok(())
+    }
+
+    #[test]
+    fn cluster_commands_parse() -> Result<(), clap::Error> {
+        let cases = [
+            (
+                vec!["status", "--all"],
+                ClusterCommand::Status { all: true },
+            ),
+            (
+                vec!["add", "4", "10.0.0.4:7401"],
+                ClusterCommand::Add {
+                    id: 4,
+                    addr: "10.0.0.4:7401".into(),
+                },
+            ),
+            (vec!["promote", "4"], ClusterCommand::Promote { id: 4 }),
+            (vec!["remove", "2"], ClusterCommand::Remove { id: 2 }),
+            (vec!["transfer", "3"], ClusterCommand::Transfer { id: 3 }),
+        ];
+        for (args, expected) in cases {
+            let cli = parse(&[&["cluster"], args.as_slice()].concat())?;
+            assert_eq!(cli.command, Command::Cluster(expected));
+        }
+        assert!(parse(&["cluster", "add", "x", "h:1"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn values_are_json_or_else_strings() {
+        assert_eq!(parse_value("3"), json!(3));
+        assert_eq!(parse_value("-1.5"), json!(-1.5));
+        assert_eq!(parse_value("true"), json!(true));
+        assert_eq!(parse_value("null"), json!(null));
+        assert_eq!(parse_value("\"quoted\""), json!("quoted"));
+        assert_eq!(parse_value("{\"a\": [1]}"), json!({"a": [1]}));
+        assert_eq!(parse_value("hello world"), json!("hello world"));
+        assert_eq!(parse_value("{broken"), json!("{broken"));
+        assert_eq!(parse_value(""), json!(""));
+    }
+}

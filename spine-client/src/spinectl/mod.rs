@@ -1,0 +1,5 @@
+//! The `spinectl` command: command line, running commands, and rendering results.
+
+pub mod args;
+pub mod render;
+pub mod run;

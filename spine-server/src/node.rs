@@ -1,0 +1,937 @@
+//! The Raft node: one task owns raft-rs's `RawNode`, the storage and the state machine; everything
+//! else talks to it through a [`NodeHandle`] (handle + mailbox + owner task).
+//!
+//! ```text
+//!  gRPC handlers ──Msg──▶ mailbox ──▶ node loop: step / propose / tick
+//!  peers ─────────Msg──▶            │ Ready: append log + hard state ─▶ fsync ─▶ send messages
+//!                                   │        apply committed entries ─▶ state batch
+//!                                   ▼
+//!           watch<Arc<State>> (readers), broadcast<AppliedEvent> (subscribers), replies
+//! ```
+//!
+//! Proposals that arrive together are appended and fsync'd together (group commit). A client is
+//! answered by the node it asked, when that node applies the entry, after a majority fsync'd it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType};
+use raft::{RawNode, StateRole};
+use serde::{Deserialize, Serialize};
+use sharing_map::codec;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::metrics::Metrics;
+use crate::state::{ApplyConfig, Change, Command, Outcome, Proposal, State};
+use crate::store::{RaftStore, StateStore, Store, StoreError};
+use crate::transport::Transport;
+
+/// Why the node could not serve a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NodeError {
+    /// No leader, no quorum, or the leader changed while the request was in flight. Safe to
+    /// retry (updates are idempotent by update id).
+    #[error("{reason}{}", leader_hint(*leader, addr.as_deref()))]
+    Unavailable {
+        /// What happened.
+        reason: String,
+        /// The leader this node knows of, if any.
+        leader: Option<u64>,
+        /// Its address.
+        addr: Option<String>,
+    },
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    Stopped,
+    /// The request is not valid for the cluster's membership.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn leader_hint(leader: Option<u64>, addr: Option<&str>) -> String {
+    match (leader, addr) {
+        (Some(id), Some(addr)) => format!("; leader hint: node {id} at {addr}"),
+        (Some(id), None) => format!("; leader hint: node {id}"),
+        _ => "; no leader is known (is a majority of nodes up?)".into(),
+    }
+}
+
+/// Tuning of one node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's id (non-zero).
+    pub id: u64,
+    /// Settings every node must share.
+    pub apply: ApplyConfig,
+    /// Raft tick.
+    pub tick: Duration,
+    /// Ticks without a leader before an election.
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Compact the log once this many applied entries are in it.
+    pub compact_after: u64,
+    /// Entries kept after compaction for followers that are only a little behind.
+    pub keep_entries: u64,
+    /// How long a proposal or read may wait for its entry before the client is told to retry.
+    pub request_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: 1,
+            apply: ApplyConfig::default(),
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            compact_after: 10_000,
+            keep_entries: 1_000,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Role and progress of this node, published after every step.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// This node.
+    pub id: u64,
+    /// The leader it follows (0 when unknown).
+    pub leader_id: u64,
+    /// Current term.
+    pub term: u64,
+    /// "leader", "follower", "candidate" or "pre-candidate".
+    pub role: &'static str,
+    /// Highest committed index known.
+    pub commit: u64,
+    /// First index still in the log.
+    pub first_index: u64,
+}
+
+/// What one applied entry changed; subscribers read these from a broadcast channel.
+#[derive(Clone, Debug)]
+pub struct AppliedEvent {
+    /// The log index.
+    pub index: u64,
+    /// What changed (updates committed together are in one event).
+    pub changes: Vec<Change>,
+    /// The whole state was replaced by a snapshot: subscribers must resynchronize.
+    pub reset: bool,
+}
+
+/// A membership change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Membership {
+    /// Add a non-voting member at an address.
+    AddLearner {
+        /// Its id.
+        id: u64,
+        /// Its address.
+        addr: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// Its id.
+        id: u64,
+    },
+    /// Remove a member.
+    Remove {
+        /// Its id.
+        id: u64,
+    },
+}
+
+type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+/// A message to the node loop.
+#[derive(Debug)]
+pub enum Msg {
+    /// Propose a command; answered with its outcome and log index when applied here.
+    Propose(Command, Reply<(Outcome, u64)>),
+    /// Ask for a linearizable read index; answered once this node applied up to it.
+    ReadIndex(Reply<u64>),
+    /// A Raft message from a peer.
+    Raft(Box<Message>),
+    /// A membership change; answered with the new membership when applied here.
+    ChangeMembership(Membership, Reply<crate::state::Membership>),
+    /// Hand leadership to another voter.
+    TransferLeader(u64, Reply<()>),
+    /// The transport finished (or failed) sending a snapshot.
+    SnapshotSent {
+        /// The peer.
+        to: u64,
+        /// Whether it was delivered.
+        ok: bool,
+    },
+    /// The transport could not reach a peer.
+    Unreachable(u64),
+}
+
+/// Context carried by conf-change entries so the proposer can answer.
+#[derive(Serialize, Deserialize)]
+struct ConfContext {
+    origin: u64,
+    request: u64,
+    addr: Option<String>,
+}
+
+/// A cloneable handle to the node loop.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    id: u64,
+    tx: mpsc::Sender<Msg>,
+    state: watch::Receiver<Arc<State>>,
+    status: watch::Receiver<RaftStatus>,
+    events: broadcast::Sender<Arc<AppliedEvent>>,
+    shutdown: Arc<watch::Sender<bool>>,
+    request_timeout: Duration,
+}
+
+impl NodeHandle {
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The newest applied state on this node.
+    pub fn state(&self) -> Arc<State> {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver of applied states, to wait for progress.
+    pub fn watch_state(&self) -> watch::Receiver<Arc<State>> {
+        self.state.clone()
+    }
+
+    /// The newest Raft status.
+    pub fn status(&self) -> RaftStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Subscribes to applied events (call before reading [`state`](Self::state) so nothing is
+    /// missed between the two).
+    pub fn events(&self) -> broadcast::Receiver<Arc<AppliedEvent>> {
+        self.events.subscribe()
+    }
+
+    /// Sends a message to the loop without waiting; dropped if the mailbox is full (used for
+    /// transport reports, which Raft can do without).
+    pub fn try_deliver(&self, msg: Msg) {
+        let _ = self.tx.try_send(msg);
+    }
+
+    /// Sends a message to the loop (used by the peer transport).
+    pub async fn deliver(&self, msg: Msg) -> Result<(), NodeError> {
+        self.tx.send(msg).await.map_err(|_| NodeError::Stopped)
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        // The loop answers every request within its request timeout; the extra margin only
+        // covers a loop that stopped without answering.
+        match tokio::time::timeout(self.request_timeout * 2, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => Err(self.unavailable("the request timed out")),
+        }
+    }
+
+    fn unavailable(&self, reason: &str) -> NodeError {
+        let status = self.status();
+        let state = self.state();
+        let leader = (status.leader_id != 0).then_some(status.leader_id);
+        NodeError::Unavailable {
+            reason: reason.into(),
+            leader,
+            addr: leader.and_then(|l| state.membership.addrs.get(&l).cloned()),
+        }
+    }
+
+    /// Proposes a command and waits until it is applied here.
+    pub async fn propose(&self, command: Command) -> Result<(Outcome, u64), NodeError> {
+        self.ask(|r| Msg::Propose(command, r)).await
+    }
+
+    /// Waits until this node has applied everything committed when the call was made
+    /// (ReadIndex), so that reading its state afterwards is linearizable.
+    pub async fn linearizable(&self) -> Result<Arc<State>, NodeError> {
+        let index = self.ask(Msg::ReadIndex).await?;
+        let mut rx = self.state.clone();
+        let state = rx
+            .wait_for(|s| s.applied_index >= index)
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        Ok(state.clone())
+    }
+
+    /// Changes membership and waits until the change is applied here.
+    pub async fn change_membership(
+        &self,
+        change: Membership,
+    ) -> Result<crate::state::Membership, NodeError> {
+        self.ask(|r| Msg::ChangeMembership(change, r)).await
+    }
+
+    /// Asks the group to move leadership to `to`.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), NodeError> {
+        self.ask(|r| Msg::TransferLeader(to, r)).await
+    }
+
+    /// Resolves once [`shutdown`](Self::shutdown) was called.
+    pub async fn stopped(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+
+    /// Stops the loop; pending requests are answered with [`NodeError::Stopped`].
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+struct Pending<T> {
+    reply: Reply<T>,
+    since: Instant,
+}
+
+/// The node loop's state.
+struct NodeLoop {
+    cfg: NodeConfig,
+    raw: RawNode<RaftStore>,
+    store: Store,
+    states: StateStore,
+    state: State,
+    transport: Arc<Transport>,
+    metrics: Arc<Metrics>,
+    state_tx: watch::Sender<Arc<State>>,
+    status_tx: watch::Sender<RaftStatus>,
+    events: broadcast::Sender<Arc<AppliedEvent>>,
+    next_request: u64,
+    proposals: HashMap<u64, Pending<(Outcome, u64)>>,
+    conf_changes: HashMap<u64, Pending<crate::state::Membership>>,
+    reads: HashMap<u64, Pending<u64>>,
+    ready_reads: Vec<(u64, Reply<u64>)>,
+    term: u64,
+}
+
+/// Errors that stop a node.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// raft-rs refused the configuration or stored state.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+}
+
+/// Opens storage and starts the node loop. `initial_voters` bootstraps a new group (every
+/// founding member passes the same list); empty means "join an existing group as a new member".
+pub fn start(
+    cfg: NodeConfig,
+    store: Store,
+    initial_voters: &[u64],
+    addrs: std::collections::BTreeMap<u64, String>,
+    transport: Arc<Transport>,
+    metrics: Arc<Metrics>,
+) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), StartError> {
+    let raft_store = RaftStore::open(&store, initial_voters)?;
+    let states = StateStore::open(&store)?;
+    let mut state = states.load()?;
+    if state.membership.voters.is_empty() && !initial_voters.is_empty() {
+        state.membership.voters = initial_voters.to_vec();
+    }
+    // Addresses given on the command line win over replicated ones (they may route through a
+    // proxy or another interface).
+    for (id, addr) in &addrs {
+        state.membership.addrs.insert(*id, addr.clone());
+    }
+    raft_store.set_applied(Arc::new(state.clone()));
+    let hs = raft_store.hard_state();
+    let raft_cfg = raft::Config {
+        id: cfg.id,
+        election_tick: cfg.election_ticks,
+        heartbeat_tick: cfg.heartbeat_ticks,
+        applied: state.applied_index.min(hs.commit),
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        ..Default::default()
+    };
+    raft_cfg.validate()?;
+    let logger = crate::logging::raft_logger(cfg.id);
+    let raw = RawNode::new(&raft_cfg, raft_store.clone(), &logger)?;
+    for (id, addr) in &state.membership.addrs {
+        if *id != cfg.id {
+            transport.set_peer(*id, addr.clone());
+        }
+    }
+    let (tx, rx) = mpsc::channel(4096);
+    let (state_tx, state_rx) = watch::channel(Arc::new(state.clone()));
+    let (status_tx, status_rx) = watch::channel(RaftStatus {
+        id: cfg.id,
+        ..Default::default()
+    });
+    let (events, _) = broadcast::channel(1024);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let handle = NodeHandle {
+        id: cfg.id,
+        tx,
+        state: state_rx,
+        status: status_rx,
+        events: events.clone(),
+        shutdown: Arc::new(shutdown_tx),
+        request_timeout: cfg.request_timeout,
+    };
+    let node = NodeLoop {
+        cfg,
+        raw,
+        store,
+        states,
+        state,
+        transport,
+        metrics,
+        state_tx,
+        status_tx,
+        events,
+        next_request: 1,
+        proposals: HashMap::new(),
+        conf_changes: HashMap::new(),
+        reads: HashMap::new(),
+        ready_reads: Vec::new(),
+        term: hs.term,
+    };
+    let task = tokio::spawn(node.run(rx, shutdown_rx));
+    Ok((handle, task))
+}
+
+impl NodeLoop {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut shutdown: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(self.cfg.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sweep = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.handle(msg);
+                    // Group commit: take everything already queued before one Ready/fsync.
+                    for _ in 0..4096 {
+                        match rx.try_recv() {
+                            Ok(msg) => self.handle(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                }
+            }
+            if let Err(e) = self.on_ready() {
+                tracing::error!(error = %e, "storage failed; stopping the node");
+                break;
+            }
+            if last_sweep.elapsed() >= self.cfg.tick {
+                self.expire();
+                last_sweep = Instant::now();
+            }
+        }
+        self.fail_all(|| NodeError::Stopped);
+        tracing::info!(id = self.cfg.id, "node loop stopped");
+    }
+
+    fn unavailable(&self, reason: &str) -> NodeError {
+        let leader = self.raw.raft.leader_id;
+        let leader = (leader != 0).then_some(leader);
+        NodeError::Unavailable {
+            reason: reason.into(),
+            leader,
+            addr: leader.and_then(|l| self.state.membership.addrs.get(&l).cloned()),
+        }
+    }
+
+    fn request_id(&mut self) -> u64 {
+        let r = self.next_request;
+        self.next_request += 1;
+        r
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Raft(m) => {
+                if let Err(e) = self.raw.step(*m) {
+                    tracing::debug!(error = %e, "dropped raft message");
+                }
+            }
+            Msg::Propose(command, reply) => {
+                let request = self.request_id();
+                let proposal = Proposal {
+                    origin: self.cfg.id,
+                    request,
+                    command,
+                };
+                self.metrics.proposals.inc();
+                match self.raw.propose(Vec::new(), codec::encode(&proposal)) {
+                    Ok(()) => {
+                        self.proposals.insert(
+                            request,
+                            Pending {
+                                reply,
+                                since: Instant::now(),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(
+                            self.unavailable(&format!("the proposal was dropped ({e})"))
+                        ));
+                    }
+                }
+            }
+            Msg::ReadIndex(reply) => {
+                let request = self.request_id();
+                self.raw.read_index(request.to_be_bytes().to_vec());
+                self.reads.insert(
+                    request,
+                    Pending {
+                        reply,
+                        since: Instant::now(),
+                    },
+                );
+            }
+            Msg::ChangeMembership(change, reply) => self.propose_membership(change, reply),
+            Msg::TransferLeader(to, reply) => {
+                let known = self.state.membership.voters.contains(&to);
+                if !known {
+                    let _ = reply.send(Err(NodeError::Invalid(format!(
+                        "node {to} is not a voter; leadership can only go to a voter"
+                    ))));
+                } else {
+                    self.raw.transfer_leader(to);
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Msg::SnapshotSent { to, ok } => {
+                let status = if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            Msg::Unreachable(to) => self.raw.report_unreachable(to),
+        }
+    }
+
+    fn propose_membership(&mut self, change: Membership, reply: Reply<crate::state::Membership>) {
+        let m = &self.state.membership;
+        let (kind, id, addr) = match change {
+            Membership::AddLearner { id, addr } => {
+                if m.voters.contains(&id) || m.learners.contains(&id) {
+                    let _ = reply.send(Err(NodeError::Invalid(format!(
+                        "node {id} is already a member"
+                    ))));
+                    return;
+                }
+                (ConfChangeType::AddLearnerNode, id, Some(addr))
+            }
+            Membership::Promote { id } => {
+                if !m.learners.contains(&id) {
+                    let _ = reply.send(Err(NodeError::Invalid(format!(
+                        "node {id} is not a learner; add it with `cluster add` first"
+                    ))));
+                    return;
+                }
+                (ConfChangeType::AddNode, id, None)
+            }
+            Membership::Remove { id } => {
+                if !m.voters.contains(&id) && !m.learners.contains(&id) {
+                    let _ = reply.send(Err(NodeError::Invalid(format!(
+                        "node {id} is not a member"
+                    ))));
+                    return;
+                }
+                if m.voters == [id] {
+                    let _ = reply.send(Err(NodeError::Invalid(format!(
+                        "node {id} is the last voter and cannot be removed"
+                    ))));
+                    return;
+                }
+                (ConfChangeType::RemoveNode, id, None)
+            }
+        };
+        if id == 0 {
+            let _ = reply.send(Err(NodeError::Invalid("node ids start at 1".into())));
+            return;
+        }
+        let request = self.request_id();
+        let mut cc = ConfChange::default();
+        cc.set_change_type(kind);
+        cc.node_id = id;
+        cc.context = codec::encode(&ConfContext {
+            origin: self.cfg.id,
+            request,
+            addr,
+        })
+        .into();
+        match self.raw.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => {
+                self.conf_changes.insert(
+                    request,
+                    Pending {
+                        reply,
+                        since: Instant::now(),
+                    },
+                );
+            }
+            Err(e) => {
+                let _ = reply.send(Err(
+                    self.unavailable(&format!("the membership change was refused ({e})"))
+                ));
+            }
+        }
+    }
+
+    /// Answers requests that waited too long, so clients retry elsewhere.
+    fn expire(&mut self) {
+        let limit = self.cfg.request_timeout;
+        let expired = |p: &Instant| p.elapsed() > limit;
+        let ids: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, p)| expired(&p.since))
+            .map(|(k, _)| *k)
+            .collect();
+        for id in ids {
+            if let Some(p) = self.proposals.remove(&id) {
+                let _ = p.reply.send(Err(self.unavailable(
+                    "the update was not committed in time (it may still commit; retrying with the same update id is safe)",
+                )));
+            }
+        }
+        let ids: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, p)| expired(&p.since))
+            .map(|(k, _)| *k)
+            .collect();
+        for id in ids {
+            if let Some(p) = self.reads.remove(&id) {
+                let _ = p
+                    .reply
+                    .send(Err(self.unavailable("no leader confirmed the read in time")));
+            }
+        }
+        let ids: Vec<u64> = self
+            .conf_changes
+            .iter()
+            .filter(|(_, p)| expired(&p.since))
+            .map(|(k, _)| *k)
+            .collect();
+        for id in ids {
+            if let Some(p) = self.conf_changes.remove(&id) {
+                let _ = p.reply.send(Err(
+                    self.unavailable("the membership change was not committed in time")
+                ));
+            }
+        }
+    }
+
+    fn fail_all(&mut self, err: impl Fn() -> NodeError) {
+        for (_, p) in self.proposals.drain() {
+            let _ = p.reply.send(Err(err()));
+        }
+        for (_, p) in self.reads.drain() {
+            let _ = p.reply.send(Err(err()));
+        }
+        for (_, p) in self.conf_changes.drain() {
+            let _ = p.reply.send(Err(err()));
+        }
+        for (_, r) in self.ready_reads.drain(..) {
+            let _ = r.send(Err(err()));
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), StoreError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        let store = self.raw.store().clone();
+
+        if !rd.messages().is_empty() {
+            self.send(rd.take_messages());
+        }
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            self.state = store.install_snapshot(&snap, &self.states)?;
+            tracing::info!(index = self.state.applied_index, "installed a snapshot");
+            self.after_membership_change();
+            self.publish(vec![Arc::new(AppliedEvent {
+                index: self.state.applied_index,
+                changes: Vec::new(),
+                reset: true,
+            })]);
+        }
+        for rs in rd.take_read_states() {
+            let mut id = [0u8; 8];
+            if rs.request_ctx.len() == 8 {
+                id.copy_from_slice(&rs.request_ctx);
+            }
+            if let Some(p) = self.reads.remove(&u64::from_be_bytes(id)) {
+                self.ready_reads.push((rs.index, p.reply));
+            }
+        }
+        if let Some(hs) = rd.hs() {
+            store.set_hard_state(hs)?;
+        }
+        let committed = rd.take_committed_entries();
+        self.apply(committed)?;
+        if !rd.entries().is_empty() {
+            store.append(rd.entries())?;
+        }
+        if let Some(ss) = rd.ss() {
+            self.on_role_change(ss.raft_state);
+        }
+        if rd.must_sync() || !rd.entries().is_empty() {
+            self.store.sync()?;
+        }
+        if !rd.persisted_messages().is_empty() {
+            self.send(rd.take_persisted_messages());
+        }
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            store.set_commit(commit)?;
+        }
+        self.send(light.take_messages());
+        let committed = light.take_committed_entries();
+        self.apply(committed)?;
+        self.raw.advance_apply();
+        self.answer_reads();
+        self.maybe_compact()?;
+        self.publish_status();
+        Ok(())
+    }
+
+    fn on_role_change(&mut self, role: StateRole) {
+        let term = self.raw.raft.term;
+        if term != self.term {
+            self.term = term;
+            // Entries proposed in an older term may have been overwritten: tell their clients to
+            // retry (a retry of an update that did commit is answered idempotently).
+            let ids: Vec<u64> = self.proposals.keys().copied().collect();
+            for id in ids {
+                if let Some(p) = self.proposals.remove(&id) {
+                    let _ = p.reply.send(Err(self.unavailable(
+                        "leadership changed while the update was in flight; retrying with the same update id is safe",
+                    )));
+                }
+            }
+        }
+        tracing::info!(
+            id = self.cfg.id,
+            ?role,
+            term,
+            leader = self.raw.raft.leader_id,
+            "raft role changed"
+        );
+    }
+
+    fn send(&self, msgs: Vec<Message>) {
+        for m in msgs {
+            self.transport.send(m);
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut changes_all = Vec::new();
+        let mut events = Vec::new();
+        let mut replies = Vec::new();
+        let mut conf_replies = Vec::new();
+        for entry in entries {
+            if entry.index <= self.state.applied_index {
+                continue;
+            }
+            let mut changes = Vec::new();
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {}
+                EntryType::EntryNormal => match codec::decode::<Proposal>(&entry.data) {
+                    Ok(p) => {
+                        let (outcome, ch) = self.state.apply(&p.command, &self.cfg.apply);
+                        changes = ch;
+                        if p.origin == self.cfg.id {
+                            replies.push((p.request, outcome, entry.index));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(index = entry.index, error = %e, "undecodable log entry skipped");
+                    }
+                },
+                EntryType::EntryConfChange => match ConfChange::parse_from_bytes(&entry.data) {
+                    Ok(cc) => {
+                        let ctx: Option<ConfContext> = codec::decode(&cc.context).ok();
+                        match self.raw.apply_conf_change(&cc) {
+                            Ok(cs) => {
+                                self.raw.store().set_conf_state(&cs)?;
+                                let m = &mut self.state.membership;
+                                m.voters = cs.voters.clone();
+                                m.learners = cs.learners.clone();
+                                match cc.get_change_type() {
+                                    ConfChangeType::RemoveNode => {
+                                        m.addrs.remove(&cc.node_id);
+                                    }
+                                    _ => {
+                                        if let Some(addr) =
+                                            ctx.as_ref().and_then(|c| c.addr.clone())
+                                        {
+                                            m.addrs.entry(cc.node_id).or_insert(addr);
+                                        }
+                                    }
+                                }
+                                self.after_membership_change();
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "membership change not applied");
+                            }
+                        }
+                        if let Some(ctx) = ctx
+                            && ctx.origin == self.cfg.id
+                        {
+                            conf_replies.push(ctx.request);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(index = entry.index, error = %e, "undecodable conf change skipped");
+                    }
+                },
+                EntryType::EntryConfChangeV2 => {
+                    tracing::warn!(
+                        index = entry.index,
+                        "joint-consensus changes are not used; skipped"
+                    );
+                }
+            }
+            self.state.applied_index = entry.index;
+            self.state.applied_term = entry.term;
+            if !changes.is_empty() {
+                events.push(Arc::new(AppliedEvent {
+                    index: entry.index,
+                    changes: changes.clone(),
+                    reset: false,
+                }));
+                changes_all.extend(changes);
+            }
+        }
+        self.states.persist(&self.state, &changes_all)?;
+        self.publish(events);
+        for (request, outcome, index) in replies {
+            if let Some(p) = self.proposals.remove(&request) {
+                self.metrics
+                    .commit_latency
+                    .observe(p.since.elapsed().as_secs_f64());
+                let _ = p.reply.send(Ok((outcome, index)));
+            }
+        }
+        for request in conf_replies {
+            if let Some(p) = self.conf_changes.remove(&request) {
+                let _ = p.reply.send(Ok(self.state.membership.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn after_membership_change(&mut self) {
+        let m = &self.state.membership;
+        let members: Vec<u64> = m.voters.iter().chain(m.learners.iter()).copied().collect();
+        for (id, addr) in &m.addrs {
+            if *id != self.cfg.id && members.contains(id) {
+                self.transport.set_peer(*id, addr.clone());
+            }
+        }
+        self.transport.retain(&members);
+    }
+
+    fn publish(&mut self, events: Vec<Arc<AppliedEvent>>) {
+        let state = Arc::new(self.state.clone());
+        self.raw.store().set_applied(state.clone());
+        self.metrics
+            .applied_index
+            .set(self.state.applied_index as i64);
+        self.state_tx.send_replace(state);
+        for e in events {
+            // No subscriber is not an error.
+            let _ = self.events.send(e);
+        }
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.state.applied_index;
+        let mut waiting = Vec::new();
+        for (index, reply) in self.ready_reads.drain(..) {
+            if index <= applied {
+                let _ = reply.send(Ok(index));
+            } else {
+                waiting.push((index, reply));
+            }
+        }
+        self.ready_reads = waiting;
+    }
+
+    fn maybe_compact(&mut self) -> Result<(), StoreError> {
+        let store = self.raw.store().clone();
+        let applied = self.state.applied_index;
+        let first = store.first();
+        if applied.saturating_sub(first) >= self.cfg.compact_after {
+            let to = applied.saturating_sub(self.cfg.keep_entries).max(first);
+            if to > first {
+                store.compact(to)?;
+                tracing::debug!(to, "compacted the raft log");
+            }
+        }
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.raw.raft;
+        let role = match raft.state {
+            StateRole::Leader => "leader",
+            StateRole::Follower => "follower",
+            StateRole::Candidate => "candidate",
+            StateRole::PreCandidate => "pre-candidate",
+        };
+        let status = RaftStatus {
+            id: self.cfg.id,
+            leader_id: raft.leader_id,
+            term: raft.term,
+            role,
+            commit: raft.raft_log.committed,
+            first_index: self.raw.store().first(),
+        };
+        self.status_tx.send_if_modified(|s| {
+            if *s != status {
+                *s = status;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// Whether a message carries a snapshot (the transport reports its delivery).
+pub fn is_snapshot(m: &Message) -> bool {
+    m.get_msg_type() == MessageType::MsgSnapshot
+}

@@ -1,0 +1,341 @@
+//! The `Spine` gRPC service: the edge where wire messages become domain values, requests go to
+//! the node, and errors become `tonic::Status` codes with messages a person can act on.
+
+use std::sync::Arc;
+
+use sharing_map::{AppName, ApplyError, Limits, MapName, NameError};
+use spine_client::convert::{self, ConvertError};
+use spine_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::metrics::Metrics;
+use crate::node::{Membership, NodeError, NodeHandle};
+use crate::state::{self, Command, MapKey, Outcome, Rejection, State};
+
+/// Serves the client API of one node.
+#[derive(Debug, Clone)]
+pub struct SpineService {
+    node: NodeHandle,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+impl SpineService {
+    /// Serves `node`, checking requests against `limits`.
+    pub fn new(node: NodeHandle, limits: Limits, metrics: Arc<Metrics>) -> Self {
+        Self {
+            node,
+            limits,
+            metrics,
+        }
+    }
+
+    async fn read_state(&self, stale_ok: bool) -> Result<Arc<State>, Status> {
+        if stale_ok {
+            Ok(self.node.state())
+        } else {
+            self.node.linearizable().await.map_err(node_status)
+        }
+    }
+}
+
+fn node_status(e: NodeError) -> Status {
+    match e {
+        NodeError::Unavailable { .. } | NodeError::Stopped => Status::unavailable(e.to_string()),
+        NodeError::Invalid(m) => Status::invalid_argument(m),
+    }
+}
+
+fn rejection_status(r: Rejection) -> Status {
+    match r {
+        Rejection::NotFound { .. } => {
+            Status::not_found(format!("{r}; create it first with `spinectl map create`"))
+        }
+        Rejection::Apply(ApplyError::Conflict {
+            map,
+            current,
+            expected,
+        }) => Status::failed_precondition(format!(
+            "version conflict on map {map}: the change set is for version {expected} but the current version is {current}; re-read the map and retry"
+        )),
+        Rejection::Apply(ApplyError::Limit(e)) => Status::invalid_argument(e.to_string()),
+        Rejection::Apply(e) => Status::invalid_argument(e.to_string()),
+        Rejection::Invalid(m) => Status::invalid_argument(m),
+    }
+}
+
+fn name_status(e: NameError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn convert_status(e: ConvertError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn app(s: &str) -> Result<AppName, Status> {
+    if s.is_empty() {
+        return Err(Status::invalid_argument(
+            "the request names no app; every map lives in an app's namespace (publisher-app)",
+        ));
+    }
+    AppName::parse(s).map_err(name_status)
+}
+
+fn map(s: &str) -> Result<MapName, Status> {
+    MapName::parse(s).map_err(name_status)
+}
+
+fn membership_to_pb(m: &state::Membership) -> Vec<pb::NodeStatus> {
+    let mut ids: Vec<(u64, &str)> = m
+        .voters
+        .iter()
+        .map(|v| (*v, "voter"))
+        .chain(m.learners.iter().map(|l| (*l, "learner")))
+        .collect();
+    ids.sort();
+    ids.into_iter()
+        .map(|(id, role)| pb::NodeStatus {
+            id,
+            addr: m.addrs.get(&id).cloned().unwrap_or_default(),
+            role: role.into(),
+        })
+        .collect()
+}
+
+type EventStream = ReceiverStream<Result<pb::SubscribeEvent, Status>>;
+
+#[tonic::async_trait]
+impl pb::spine_server::Spine for SpineService {
+    async fn create_map(
+        &self,
+        request: Request<pb::CreateMapRequest>,
+    ) -> Result<Response<pb::CreateMapResponse>, Status> {
+        let r = request.into_inner();
+        let key = MapKey {
+            app: app(&r.app)?,
+            map: map(&r.map)?,
+        };
+        let initial = convert::entries_from_pb(r.initial).map_err(convert_status)?;
+        state::validate_create(&key.map, &initial, &self.limits)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (outcome, _) = self
+            .node
+            .propose(Command::Create { key, initial })
+            .await
+            .map_err(node_status)?;
+        match outcome {
+            Outcome::Created { version, created } => {
+                Ok(Response::new(pb::CreateMapResponse { version, created }))
+            }
+            Outcome::Rejected(r) => Err(rejection_status(r)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn update(
+        &self,
+        request: Request<pb::UpdateRequest>,
+    ) -> Result<Response<pb::UpdateResponse>, Status> {
+        let r = request.into_inner();
+        let app = app(&r.app)?;
+        let change_sets = r
+            .change_sets
+            .into_iter()
+            .map(convert::change_set_from_pb)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(convert_status)?;
+        state::validate_update(&change_sets, &self.limits).map_err(rejection_status)?;
+        let (outcome, index) = self
+            .node
+            .propose(Command::Update { app, change_sets })
+            .await
+            .map_err(node_status)?;
+        match outcome {
+            Outcome::Updated { versions } => {
+                Ok(Response::new(pb::UpdateResponse { versions, index }))
+            }
+            Outcome::Rejected(r) => Err(rejection_status(r)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn get_map(
+        &self,
+        request: Request<pb::GetMapRequest>,
+    ) -> Result<Response<pb::GetMapResponse>, Status> {
+        let r = request.into_inner();
+        let (app, name) = (app(&r.app)?, map(&r.map)?);
+        let state = self.read_state(r.stale_ok).await?;
+        let ms = state
+            .get(&app, &name)
+            .ok_or_else(|| Status::not_found(format!("map {name} does not exist in app {app}")))?;
+        let mut dump = ms.map.dump();
+        if !r.keys.is_empty() {
+            let wanted: std::collections::BTreeSet<&str> =
+                r.keys.iter().map(String::as_str).collect();
+            dump.entries.retain(|(k, _)| wanted.contains(&**k));
+        }
+        Ok(Response::new(pb::GetMapResponse {
+            map: Some(convert::dump_to_pb(&dump)),
+        }))
+    }
+
+    async fn list_maps(
+        &self,
+        request: Request<pb::ListMapsRequest>,
+    ) -> Result<Response<pb::ListMapsResponse>, Status> {
+        let r = request.into_inner();
+        let app = app(&r.app)?;
+        let state = self.read_state(r.stale_ok).await?;
+        let limit = if r.limit == 0 {
+            usize::MAX
+        } else {
+            r.limit as usize
+        };
+        let maps = state
+            .with_prefix(&app, &r.prefix)
+            .take(limit)
+            .map(|(k, s)| pb::MapInfo {
+                map: k.map.to_string(),
+                version: s.map.version(),
+                entries: s.map.len() as u64,
+            })
+            .collect();
+        Ok(Response::new(pb::ListMapsResponse { maps }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let r = request.into_inner();
+        let (app, name) = (app(&r.app)?, map(&r.map)?);
+        let state = self.read_state(r.stale_ok).await?;
+        let ms = state
+            .get(&app, &name)
+            .ok_or_else(|| Status::not_found(format!("map {name} does not exist in app {app}")))?;
+        let change_sets = ms
+            .history
+            .iter()
+            .filter(|cs| cs.version() >= r.after_version)
+            .map(|cs| convert::change_set_to_pb(cs))
+            .collect();
+        Ok(Response::new(pb::HistoryResponse {
+            change_sets,
+            oldest_retained: ms.oldest_retained(),
+            current_version: ms.map.version(),
+        }))
+    }
+
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<tonic::Streaming<pb::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let inbound = request.into_inner();
+        // A small queue: a slow client makes its session lag behind the shared event ring, and
+        // the session then replaces the backlog with snapshots.
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(crate::subscribe::run_session(
+            self.node.clone(),
+            inbound,
+            tx,
+            self.metrics.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let status = self.node.status();
+        let state = self.node.state();
+        Ok(Response::new(pb::ClusterStatusResponse {
+            id: status.id,
+            leader_id: status.leader_id,
+            term: status.term,
+            commit_index: status.commit,
+            applied_index: state.applied_index,
+            state: status.role.into(),
+            nodes: membership_to_pb(&state.membership),
+            maps: state.maps.size() as u64,
+        }))
+    }
+
+    async fn digest(
+        &self,
+        _request: Request<pb::DigestRequest>,
+    ) -> Result<Response<pb::DigestResponse>, Status> {
+        let state = self.node.state();
+        Ok(Response::new(pb::DigestResponse {
+            applied_index: state.applied_index,
+            digest: state.digest(),
+            maps: state.maps.size() as u64,
+        }))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let r = request.into_inner();
+        if r.addr.parse::<std::net::SocketAddr>().is_err() && !r.addr.contains(':') {
+            return Err(Status::invalid_argument(format!(
+                "address {:?} is not host:port",
+                r.addr
+            )));
+        }
+        self.membership(Membership::AddLearner {
+            id: r.id,
+            addr: r.addr,
+        })
+        .await
+    }
+
+    async fn promote(
+        &self,
+        request: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let id = request.into_inner().id;
+        self.membership(Membership::Promote { id }).await
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let id = request.into_inner().id;
+        self.membership(Membership::Remove { id }).await
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let id = request.into_inner().id;
+        self.node.transfer_leader(id).await.map_err(node_status)?;
+        Ok(Response::new(pb::MembershipResponse {
+            nodes: membership_to_pb(&self.node.state().membership),
+        }))
+    }
+}
+
+impl SpineService {
+    async fn membership(
+        &self,
+        change: Membership,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let m = self
+            .node
+            .change_membership(change)
+            .await
+            .map_err(node_status)?;
+        Ok(Response::new(pb::MembershipResponse {
+            nodes: membership_to_pb(&m),
+        }))
+    }
+}

@@ -1,0 +1,209 @@
+//! Node-to-node transport: one task per peer sends Raft messages in batches over gRPC
+//! (`RaftPeer.Send`), and [`PeerService`] hands received ones to the local node.
+//!
+//! Raft tolerates loss, so a full queue or an unreachable peer drops messages instead of
+//! blocking the node loop; the node is told so it can back off (and retry snapshots).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use spine_proto::v1 as pb;
+use tokio::sync::mpsc;
+
+use crate::node::{Msg, NodeHandle, is_snapshot};
+
+/// Largest message between nodes (snapshots carry the whole state).
+pub const MAX_PEER_MESSAGE: usize = 1024 * 1024 * 1024;
+const QUEUE: usize = 4096;
+const BATCH: usize = 512;
+
+struct Peer {
+    addr: String,
+    tx: mpsc::Sender<Message>,
+    task: tokio::task::AbortHandle,
+}
+
+/// Outgoing connections to every other member.
+pub struct Transport {
+    id: u64,
+    peers: Mutex<HashMap<u64, Peer>>,
+    node: OnceLock<NodeHandle>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport").field("id", &self.id).finish()
+    }
+}
+
+impl Transport {
+    /// A transport for node `id` with no peers yet.
+    pub fn new(id: u64) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            peers: Mutex::new(HashMap::new()),
+            node: OnceLock::new(),
+        })
+    }
+
+    /// Connects the transport to its node, for delivery reports.
+    pub fn attach(&self, node: NodeHandle) {
+        let _ = self.node.set(node);
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Peer>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a peer, or moves it to a new address.
+    pub fn set_peer(self: &Arc<Self>, id: u64, addr: String) {
+        let mut peers = self.peers();
+        if peers.get(&id).is_some_and(|p| p.addr == addr) {
+            return;
+        }
+        if let Some(old) = peers.remove(&id) {
+            old.task.abort();
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(run_peer(self.clone(), id, addr.clone(), rx)).abort_handle();
+        peers.insert(id, Peer { addr, tx, task });
+    }
+
+    /// Drops every peer not in `members`.
+    pub fn retain(&self, members: &[u64]) {
+        self.peers().retain(|id, p| {
+            let keep = members.contains(id);
+            if !keep {
+                p.task.abort();
+            }
+            keep
+        });
+    }
+
+    /// Queues a message; drops it if its peer is unknown or far behind.
+    pub fn send(&self, m: Message) {
+        let to = m.to;
+        let sent = self
+            .peers()
+            .get(&to)
+            .is_some_and(|p| p.tx.try_send(m).is_ok());
+        if !sent {
+            self.report(Msg::Unreachable(to));
+        }
+    }
+
+    fn report(&self, msg: Msg) {
+        if let Some(node) = self.node.get() {
+            node.try_deliver(msg);
+        }
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        for p in self.peers().values() {
+            p.task.abort();
+        }
+    }
+}
+
+async fn run_peer(
+    transport: Arc<Transport>,
+    to: u64,
+    addr: String,
+    mut rx: mpsc::Receiver<Message>,
+) {
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+        Ok(e) => e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true),
+        Err(e) => {
+            tracing::error!(peer = to, %addr, error = %e, "invalid peer address");
+            return;
+        }
+    };
+    let mut client = pb::raft_peer_client::RaftPeerClient::new(endpoint.connect_lazy())
+        .max_encoding_message_size(MAX_PEER_MESSAGE)
+        .max_decoding_message_size(MAX_PEER_MESSAGE);
+    let mut failures = 0u32;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let has_snapshot = batch.iter().any(is_snapshot);
+        let request = pb::RaftBatch {
+            from: transport.id,
+            messages: batch
+                .iter()
+                .map(|m| m.write_to_bytes().unwrap_or_default())
+                .collect(),
+        };
+        let limit = if has_snapshot {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(2)
+        };
+        let ok = matches!(
+            tokio::time::timeout(limit, client.send(request)).await,
+            Ok(Ok(_))
+        );
+        if has_snapshot {
+            transport.report(Msg::SnapshotSent { to, ok });
+        }
+        if ok {
+            failures = 0;
+        } else {
+            transport.report(Msg::Unreachable(to));
+            failures = failures.saturating_add(1);
+            if failures > 1 {
+                tracing::debug!(peer = to, %addr, "peer unreachable");
+            }
+            // Back off a little so an unreachable peer does not spin; Raft retransmits.
+            let pause = Duration::from_millis(20 * u64::from(failures.min(10)));
+            tokio::time::sleep(pause).await;
+            // Drop what queued up meanwhile: it is stale, and Raft will send fresh state.
+            while rx.try_recv().is_ok() {}
+        }
+    }
+}
+
+/// The `RaftPeer` gRPC service: receives batches from other nodes.
+#[derive(Debug, Clone)]
+pub struct PeerService {
+    node: NodeHandle,
+}
+
+impl PeerService {
+    /// Serves `node`.
+    pub fn new(node: NodeHandle) -> Self {
+        Self { node }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raft_peer_server::RaftPeer for PeerService {
+    async fn send(
+        &self,
+        request: tonic::Request<pb::RaftBatch>,
+    ) -> Result<tonic::Response<pb::SendAck>, tonic::Status> {
+        let batch = request.into_inner();
+        for bytes in batch.messages {
+            let m = Message::parse_from_bytes(&bytes).map_err(|e| {
+                tonic::Status::invalid_argument(format!(
+                    "undecodable raft message from node {}: {e}",
+                    batch.from
+                ))
+            })?;
+            self.node
+                .deliver(Msg::Raft(Box::new(m)))
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        }
+        Ok(tonic::Response::new(pb::SendAck {}))
+    }
+}

@@ -1,0 +1,281 @@
+//! Scenarios 1, 3 and 7: writes through every node converge; a full restart keeps everything;
+//! bad input changes nothing and gets the right code.
+
+use std::time::Duration;
+
+use spine_proto::v1 as pb;
+use spine_tests::{Cluster, ClusterOpts, req};
+use tonic::Code;
+
+const APP: &str = "acme-shop";
+
+#[tokio::test]
+async fn writes_through_every_node_converge() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3, ClusterOpts::default()).await?;
+    for id in cluster.ids() {
+        let mut c = cluster.raw(id).await?;
+        let map = format!("bob-node{id}-prices");
+        let created = c.create_map(req::create(APP, &map)).await?.into_inner();
+        assert!(created.created);
+        for v in 0..20u64 {
+            let r = c
+                .update(req::update(
+                    APP,
+                    &map,
+                    v,
+                    &format!("u{v}"),
+                    vec![req::put(&format!("k{v}"), &v.to_string())],
+                ))
+                .await?
+                .into_inner();
+            assert_eq!(r.versions, vec![v + 1]);
+        }
+    }
+    let digest = cluster.wait_converged(Duration::from_secs(20)).await?;
+    assert_eq!(digest.maps, 3);
+    // Every node serves every map, linearizably, at its final version.
+    for id in cluster.ids() {
+        let mut c = cluster.raw(id).await?;
+        for owner in cluster.ids() {
+            let got = c
+                .get_map(pb::GetMapRequest {
+                    app: APP.into(),
+                    map: format!("bob-node{owner}-prices"),
+                    stale_ok: false,
+                    keys: vec![],
+                })
+                .await?
+                .into_inner()
+                .map
+                .ok_or_else(|| anyhow::anyhow!("no map"))?;
+            assert_eq!(got.version, 20);
+            assert_eq!(got.entries.len(), 20);
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_restart_keeps_state_and_versions() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3, ClusterOpts::default()).await?;
+    let mut c = cluster.raw(1).await?;
+    c.create_map(req::create(APP, "bob-tv-x")).await?;
+    for v in 0..10u64 {
+        c.update(req::update(
+            APP,
+            "bob-tv-x",
+            v,
+            &format!("u{v}"),
+            vec![req::put("k", &v.to_string())],
+        ))
+        .await?;
+    }
+    let before = cluster.wait_converged(Duration::from_secs(20)).await?;
+    for id in cluster.ids() {
+        cluster.stop(id).await?;
+    }
+    for id in cluster.ids() {
+        cluster.restart(id).await?;
+    }
+    cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let after = cluster.wait_converged(Duration::from_secs(20)).await?;
+    assert_eq!(
+        after.digest, before.digest,
+        "state changed across a restart"
+    );
+    let mut c = cluster.raw(2).await?;
+    let r = c
+        .update(req::update(
+            APP,
+            "bob-tv-x",
+            10,
+            "u10",
+            vec![req::put("k", "10")],
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(r.versions, vec![11], "writes continue at the next version");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_input_changes_nothing_and_gets_the_right_code() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3, ClusterOpts::default()).await?;
+    let mut c = cluster.raw(2).await?;
+    c.create_map(req::create(APP, "bob-tv-x")).await?;
+    c.update(req::update(
+        APP,
+        "bob-tv-x",
+        0,
+        "first",
+        vec![req::put("k", "1")],
+    ))
+    .await?;
+    let before = cluster.wait_converged(Duration::from_secs(20)).await?;
+
+    let expect =
+        |r: Result<tonic::Response<pb::UpdateResponse>, tonic::Status>, code: Code, text: &str| {
+            match r {
+                Err(s) => {
+                    assert_eq!(s.code(), code, "{}", s.message());
+                    assert!(
+                        s.message().contains(text),
+                        "message {:?} lacks {text:?}",
+                        s.message()
+                    );
+                }
+                Ok(r) => panic!("accepted: {:?}", r.into_inner()),
+            }
+        };
+    // Invalid names quote the name and the rule.
+    expect(
+        c.update(req::update(
+            APP,
+            "Bob-tv-x",
+            1,
+            "u",
+            vec![req::put("k", "1")],
+        ))
+        .await,
+        Code::InvalidArgument,
+        "\"Bob-tv-x\"",
+    );
+    expect(
+        c.update(req::update(
+            "ab-shop",
+            "bob-tv-x",
+            1,
+            "u",
+            vec![req::put("k", "1")],
+        ))
+        .await,
+        Code::InvalidArgument,
+        "shorter than 3",
+    );
+    // Oversize keys and values.
+    expect(
+        c.update(req::update(
+            APP,
+            "bob-tv-x",
+            1,
+            "u",
+            vec![req::put(&"k".repeat(2000), "1")],
+        ))
+        .await,
+        Code::InvalidArgument,
+        "the limit is 1024",
+    );
+    let big = format!("\"{}\"", "v".repeat(300 * 1024));
+    expect(
+        c.update(req::update(
+            APP,
+            "bob-tv-x",
+            1,
+            "u",
+            vec![req::put("k", &big)],
+        ))
+        .await,
+        Code::InvalidArgument,
+        "the limit is 262144",
+    );
+    // Malformed change sets.
+    expect(
+        c.update(req::update(
+            APP,
+            "bob-tv-x",
+            1,
+            "u",
+            vec![req::put("k", "{not json")],
+        ))
+        .await,
+        Code::InvalidArgument,
+        "JSON value of key \"k\"",
+    );
+    expect(
+        c.update(req::update(
+            APP,
+            "bob-tv-x",
+            1,
+            "",
+            vec![req::put("k", "1")],
+        ))
+        .await,
+        Code::InvalidArgument,
+        "update id",
+    );
+    expect(
+        c.update(pb::UpdateRequest {
+            app: APP.into(),
+            change_sets: vec![],
+        })
+        .await,
+        Code::InvalidArgument,
+        "at least one change set",
+    );
+    // Version conflicts give the current version.
+    expect(
+        c.update(req::update(
+            APP,
+            "bob-tv-x",
+            0,
+            "second",
+            vec![req::put("k", "2")],
+        ))
+        .await,
+        Code::FailedPrecondition,
+        "current version is 1",
+    );
+    expect(
+        c.update(req::update(
+            APP,
+            "bob-tv-x",
+            7,
+            "second",
+            vec![req::put("k", "2")],
+        ))
+        .await,
+        Code::FailedPrecondition,
+        "current version is 1",
+    );
+    // Unknown maps.
+    expect(
+        c.update(req::update(
+            APP,
+            "bob-tv-nope",
+            0,
+            "u",
+            vec![req::put("k", "1")],
+        ))
+        .await,
+        Code::NotFound,
+        "does not exist",
+    );
+    let after = cluster.wait_converged(Duration::from_secs(20)).await?;
+    assert_eq!(
+        after.digest, before.digest,
+        "a refused request changed state"
+    );
+    assert!(after.applied_index >= before.applied_index);
+
+    // A retry of the last update id succeeds idempotently with the version it produced.
+    let again = c
+        .update(req::update(
+            APP,
+            "bob-tv-x",
+            0,
+            "first",
+            vec![req::put("k", "1")],
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(again.versions, vec![1]);
+    let after_retry = cluster.wait_converged(Duration::from_secs(20)).await?;
+    assert_eq!(after_retry.digest, before.digest);
+    // Create-if-absent returns the existing map unchanged.
+    let created = c
+        .create_map(req::create(APP, "bob-tv-x"))
+        .await?
+        .into_inner();
+    assert_eq!((created.version, created.created), (1, false));
+    Ok(())
+}
