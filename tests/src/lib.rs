@@ -261,7 +261,16 @@ impl Cluster {
             .args(["--listen", &format!("127.0.0.1:{}", node.port)])
             .args(["--data-dir", &node.dir.join("data").display().to_string()]);
         if node.join {
+            // A joiner learns where the members are (it becomes one only when added).
             cmd.arg("--join");
+            for peer in &founders {
+                let port = self
+                    .nodes
+                    .get(peer)
+                    .map(|n| n.port)
+                    .context("no such node")?;
+                cmd.args(["--peer", &format!("{peer}=127.0.0.1:{port}")]);
+            }
         } else {
             for peer in &founders {
                 let port = if *peer == id {

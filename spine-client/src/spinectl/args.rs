@@ -74,7 +74,28 @@ pub enum Command {
     /// Show the Raft group and change its membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Measure write throughput and commit latency: concurrent writers, each updating its own
+    /// map with compare-and-swap change sets, for a while.
+    #[command(after_help = LOAD_HELP)]
+    Load(LoadArgs),
 }
+
+const LOAD_HELP: &str = "\
+Each writer first creates its map, PREFIX-w<i>-r<run id> (create-if-absent), then until the time
+is up sends one change set after another at the version its last one produced, each putting the
+key `k` to a VALUE_BYTES-long JSON string under a fresh update id. A version conflict makes it
+re-read the map's version; other failures are counted and the same change set is sent again (the
+Spine treats a repeat of a map's last update id as success).
+
+Latency is from the first send of an update to its acknowledgement, retries included. The longest
+gap is the longest time in which no writer got an acknowledgement (the start and the end of the
+run count as acknowledgements): kill the leader during a run to measure failover.
+
+Progress goes to stderr once a second; the report to stdout. Ctrl-C stops early and reports.
+
+Examples:
+  spinectl load --writers 64 --seconds 30
+  spinectl --output json load --writers 1 --value-bytes 4096 | jq .ops_per_sec";
 
 /// Map commands.
 #[derive(Subcommand, Debug, Clone, PartialEq)]
@@ -205,6 +226,23 @@ pub struct WriteArgs {
     /// success.
     #[arg(long, value_name = "ID")]
     pub update_id: Option<String>,
+}
+
+/// `load`'s arguments.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct LoadArgs {
+    /// Concurrent writers; each writes its own map.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub writers: u32,
+    /// How long to write, in seconds.
+    #[arg(long, value_name = "S", default_value = "10", value_parser = parse_seconds)]
+    pub seconds: Duration,
+    /// Length of the JSON string each update puts (the JSON text has 2 more bytes: the quotes).
+    #[arg(long, value_name = "B", default_value_t = 256)]
+    pub value_bytes: usize,
+    /// The first part (the owner) of the maps' names: PREFIX-w<i>-r<run id>.
+    #[arg(long, value_name = "PREFIX", default_value = "load")]
+    pub maps_prefix: String,
 }
 
 /// Cluster commands.
@@ -442,6 +480,48 @@ mod tests {
             assert_eq!(cli.command, Command::Cluster(expected));
         }
         assert!(parse(&["cluster", "add", "x", "h:1"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn load_has_defaults_and_bounds() -> Result<(), clap::Error> {
+        let cli = parse(&["load"])?;
+        assert_eq!(
+            cli.command,
+            Command::Load(LoadArgs {
+                writers: 16,
+                seconds: Duration::from_secs(10),
+                value_bytes: 256,
+                maps_prefix: "load".into(),
+            })
+        );
+        let cli = parse(&[
+            "--output",
+            "json",
+            "load",
+            "--writers",
+            "256",
+            "--seconds",
+            "2.5",
+            "--value-bytes",
+            "0",
+            "--maps-prefix",
+            "bench",
+        ])?;
+        assert_eq!(cli.output, Output::Json);
+        assert_eq!(
+            cli.command,
+            Command::Load(LoadArgs {
+                writers: 256,
+                seconds: Duration::from_millis(2500),
+                value_bytes: 0,
+                maps_prefix: "bench".into(),
+            })
+        );
+        assert!(parse(&["load", "--writers", "0"]).is_err());
+        assert!(parse(&["load", "--writers", "-3"]).is_err());
+        assert!(parse(&["load", "--seconds", "0"]).is_err());
+        assert!(parse(&["load", "--value-bytes", "lots"]).is_err());
         Ok(())
     }
 

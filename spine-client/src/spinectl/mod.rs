@@ -1,5 +1,6 @@
 //! The `spinectl` command: command line, running commands, and rendering results.
 
 pub mod args;
+pub mod load;
 pub mod render;
 pub mod run;

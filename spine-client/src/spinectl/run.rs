@@ -11,7 +11,7 @@ use spine_client::{Client, ClientError, SubscriptionSpec};
 use super::args::{
     Cli, ClusterCommand, Command, MapCommand, Output, PutArgs, WriteArgs, parse_value,
 };
-use super::render;
+use super::{load, render};
 
 /// Runs the command the command line names.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -23,6 +23,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             run_map(&client, &app, out, command).await
         }
         Command::Cluster(command) => run_cluster(&client, out, command).await,
+        Command::Load(args) => {
+            let app = AppName::parse(&cli.app)?;
+            load::run(&client, &app, cli.output, &args).await
+        }
     }
 }
 
