@@ -27,6 +27,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one Spine node.
+    #[command(args_override_self = true)]
     Serve(ServeArgs),
     /// Run a local 3-node cluster (the embedded default), resuming from its data directory.
     Dev(DevArgs),
@@ -85,6 +86,11 @@ impl Tuning {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
+    /// A TOML file of settings, keyed by flag name without dashes (`id = 1`,
+    /// `data_dir = "/var/lib/spine"`, `peer = ["1=host:7401", ...]`, `history = 500`). Flags on
+    /// the command line win over the file, and the file over `SPINE_*` environment variables.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// This node's id (1, 2, ...), unique in the cluster.
     #[arg(long, env = "SPINE_ID")]
     id: u64,
@@ -140,11 +146,75 @@ fn parse_peer(s: &str) -> Result<(u64, String), String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     spine_server::logging::init();
-    let cli = Cli::parse();
+    let args = with_config_file(std::env::args_os().collect())?;
+    let cli = Cli::parse_from(args);
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Dev(args) => dev(args).await,
     }
+}
+
+/// Inserts the settings of `serve --config FILE` as flags right after `serve`, so that flags
+/// given on the command line (which come later) override them.
+fn with_config_file(args: Vec<std::ffi::OsString>) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    let Some(serve_at) = args.iter().position(|a| a == "serve") else {
+        return Ok(args);
+    };
+    let mut path = None;
+    for (i, a) in args.iter().enumerate().skip(serve_at + 1) {
+        let a = a.to_string_lossy();
+        if a == "--config" {
+            path = args.get(i + 1).map(PathBuf::from);
+        } else if let Some(p) = a.strip_prefix("--config=") {
+            path = Some(PathBuf::from(p));
+        }
+    }
+    let Some(path) = path else {
+        return Ok(args);
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let flags =
+        config_flags(&text).with_context(|| format!("in config file {}", path.display()))?;
+    let mut out: Vec<std::ffi::OsString> = args[..=serve_at].to_vec();
+    out.extend(flags.into_iter().map(Into::into));
+    out.extend(args[serve_at + 1..].iter().cloned());
+    Ok(out)
+}
+
+/// Turns a TOML table into `--flag value` arguments.
+fn config_flags(text: &str) -> anyhow::Result<Vec<String>> {
+    let table: toml::Table = toml::from_str(text)?;
+    let mut flags = Vec::new();
+    for (key, value) in table {
+        if key == "config" {
+            bail!("a config file cannot name another config file");
+        }
+        let flag = format!("--{}", key.replace('_', "-"));
+        let scalar = |v: &toml::Value| -> anyhow::Result<String> {
+            Ok(match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => bail!("{key}: unsupported value {other:?}"),
+            })
+        };
+        match &value {
+            toml::Value::Boolean(true) => flags.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                for item in items {
+                    flags.push(flag.clone());
+                    flags.push(scalar(item)?);
+                }
+            }
+            v => {
+                flags.push(flag);
+                flags.push(scalar(v)?);
+            }
+        }
+    }
+    Ok(flags)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -246,6 +316,33 @@ mod tests {
         assert!(parse_peer("x=1:2").is_err_and(|e| e.contains("not a number")));
         assert!(parse_peer("0=a:1").is_err_and(|e| e.contains("start at 1")));
         assert!(parse_peer("2").is_err_and(|e| e.contains("ID=HOST:PORT")));
+    }
+
+    #[test]
+    fn a_config_file_sets_flags_and_the_command_line_wins() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("spine.toml");
+        std::fs::write(
+            &file,
+            "id = 3\ndata_dir = \"/data/3\"\npeer = [\"1=a:1\", \"3=c:3\"]\nhistory = 50\njoin = false\n",
+        )?;
+        let args: Vec<std::ffi::OsString> = ["spine", "serve", "--config"]
+            .iter()
+            .map(Into::into)
+            .chain([file.clone().into_os_string()])
+            .chain(["--history", "70"].iter().map(Into::into))
+            .collect();
+        let cli = Cli::try_parse_from(with_config_file(args)?)?;
+        let Command::Serve(s) = cli.command else {
+            anyhow::bail!("not serve");
+        };
+        assert_eq!(s.id, 3);
+        assert_eq!(s.data_dir, PathBuf::from("/data/3"));
+        assert_eq!(s.peers.len(), 2);
+        assert_eq!(s.tuning.history, 70, "the command line wins");
+        assert!(config_flags("id = [1, [2]]").is_err());
+        assert!(config_flags("not toml").is_err());
+        Ok(())
     }
 
     #[test]

@@ -306,3 +306,122 @@ async fn a_learner_catches_up_by_snapshot_and_serves_subscriptions() -> anyhow::
     cluster.wait_converged(Duration::from_secs(20)).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_slow_subscriber_gets_snapshots_and_does_not_hold_back_others() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3, ClusterOpts::default()).await?;
+    let app = AppName::parse(APP)?;
+    const WRITERS: u64 = 8;
+    const UPDATES: u64 = 400;
+    let maps: Vec<MapName> = (0..WRITERS)
+        .map(|w| MapName::parse(&format!("bob-load{w}-data")))
+        .collect::<Result<_, _>>()?;
+    let client = Client::builder(cluster.endpoints())
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    for m in &maps {
+        client.create_map(&app, m, vec![]).await?;
+    }
+    let prefix = pb::Subscription {
+        app: APP.into(),
+        map: "bob-load".into(),
+        prefix: true,
+        from_version: None,
+    };
+    // The slow subscriber opens its stream and then reads nothing while the writers run.
+    let mut node3 = cluster.raw(3).await?;
+    let mut slow = open(&mut node3, vec![prefix.clone()]).await?;
+    let mut fast = Client::new(vec![cluster.endpoint(3)])?
+        .subscribe(vec![SubscriptionSpec::prefix(app.clone(), "bob-load")])
+        .await?;
+    let big = "x".repeat(4096);
+    let mut tasks = Vec::new();
+    for m in maps.clone() {
+        let (client, app, big) = (client.clone(), app.clone(), big.clone());
+        tasks.push(tokio::spawn(async move {
+            for v in 0..UPDATES {
+                let cs = ChangeSet::from_ops(
+                    m.clone(),
+                    v,
+                    UpdateId::parse(&format!("u{v}"))?,
+                    [(
+                        Arc::from("k"),
+                        Some(Entry::value(json!(format!("{v}{big}")))),
+                    )],
+                );
+                client.update(&app, vec![cs]).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    // The fast subscriber keeps up: after the first snapshots it sees nothing but deltas.
+    let mut fast_last: std::collections::BTreeMap<MapName, u64> = Default::default();
+    let mut fast_snapshots = 0;
+    let keep_up = async {
+        while fast_last.len() < maps.len() || fast_last.values().any(|v| *v < UPDATES) {
+            for u in fast.next().await?.updates {
+                if let MapUpdate::Snapshot { .. } = u {
+                    fast_snapshots += 1;
+                }
+                fast_last.insert(u.map().clone(), u.version());
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(120), keep_up).await??;
+    for t in tasks {
+        t.await??;
+    }
+    assert_eq!(
+        fast_snapshots, WRITERS as usize,
+        "the fast subscriber was resynchronized"
+    );
+
+    // Now the slow one reads: its backlog was replaced by snapshots, and per map it is still
+    // ordered and gap-free.
+    let mut last: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut later_snapshots = 0;
+    let catch_up = async {
+        while last.len() < maps.len() || last.values().any(|v| *v < UPDATES) {
+            let event = slow
+                .next()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("stream ended"))??;
+            for e in event.events {
+                match e.kind {
+                    Some(pb::map_event::Kind::Delta(cs)) => {
+                        let have = last.get(&cs.map).copied();
+                        anyhow::ensure!(
+                            have == Some(cs.version),
+                            "{}: delta for {} after {have:?}",
+                            cs.map,
+                            cs.version
+                        );
+                        last.insert(cs.map, cs.version + 1);
+                    }
+                    Some(pb::map_event::Kind::Snapshot(s)) => {
+                        let have = last.get(&s.map).copied();
+                        anyhow::ensure!(
+                            have.is_none_or(|h| s.version > h),
+                            "{}: snapshot {} after {have:?}",
+                            s.map,
+                            s.version
+                        );
+                        if have.is_some() {
+                            later_snapshots += 1;
+                        }
+                        last.insert(s.map, s.version);
+                    }
+                    None => anyhow::bail!("empty map event"),
+                }
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(60), catch_up).await??;
+    assert!(
+        later_snapshots > 0,
+        "the slow subscriber's backlog was never coalesced into snapshots"
+    );
+    Ok(())
+}
