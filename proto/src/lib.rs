@@ -4,6 +4,8 @@
 //!   cluster status and membership).
 //! - [`spine::v1::raft_peer_client`] / [`spine::v1::raft_peer_server`]: node-to-node Raft
 //!   transport.
+//! - [`agent_v1::node_agent_client`] / [`agent_v1::node_agent_server`]: the node agent's local API
+//!   (pin, get, invoke, release, watch, status), served by `spine-agent` on a Unix socket.
 //!
 //! Conversions to domain types live at the edge of each user of this crate, not here.
 
@@ -15,9 +17,22 @@ pub mod spine {
     pub mod v1 {
         tonic::include_proto!("spine.v1");
     }
+
+    /// The node agent's local API.
+    pub mod agent {
+        /// Version 1 of the agent API.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/agent/spine.agent.v1.rs"));
+        }
+    }
 }
 
+pub use spine::agent::v1 as agent_v1;
 pub use spine::v1;
 
-/// The encoded file descriptor set, for gRPC reflection.
+/// The encoded file descriptor set of `spine.proto`, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("spine_descriptor");
+
+/// The encoded file descriptor set of `agent.proto` (with `spine.proto`, which it imports).
+pub const AGENT_FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("agent_descriptor");

@@ -5,6 +5,7 @@
 //! No I/O here: [`crate::Subscription`] feeds it the server's events and sends the requests it
 //! produces.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use sharing_map::{AppName, MapName};
@@ -18,10 +19,17 @@ type MapKey = (AppName, MapName);
 /// Bookkeeping that turns a sequence of (possibly overlapping, repeated) server streams into one
 /// stream with, per map, strictly increasing versions, contiguous deltas, and every version
 /// delivered at most once.
+///
+/// Scales to many exact subscriptions: they are indexed by map, so adding, removing and
+/// accepting an update of one costs O(log n) plus a scan of the prefix subscriptions only.
 #[derive(Clone, Debug, Default)]
 pub struct ResumeState {
-    specs: Vec<SubscriptionSpec>,
-    /// The version the caller has of each map it received anything of.
+    /// The caller's exact subscriptions, by map.
+    exact: BTreeMap<MapKey, SubscriptionSpec>,
+    /// The caller's prefix subscriptions, in the order added (expected to be few).
+    prefixes: Vec<SubscriptionSpec>,
+    /// The version the caller has of each map it received anything of. Every key is covered by
+    /// some subscription.
     last: BTreeMap<MapKey, u64>,
     /// Exact subscriptions added on the current stream, beyond the caller's, to resume maps seen
     /// under a prefix from their last versions.
@@ -68,15 +76,22 @@ impl SubscriptionSpec {
     }
 }
 
+fn remove_request(app: &AppName, map: &str, prefix: bool) -> pb::SubscribeRequest {
+    request(pb::subscribe_request::Op::Remove(wire(
+        app, map, prefix, None,
+    )))
+}
+
 impl ResumeState {
     /// No subscriptions yet.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The active subscriptions, as the caller gave them.
-    pub fn specs(&self) -> &[SubscriptionSpec] {
-        &self.specs
+    /// The active subscriptions, as the caller gave them: the exact ones ordered by app and map,
+    /// then the prefixes in the order they were added.
+    pub fn specs(&self) -> impl Iterator<Item = &SubscriptionSpec> + '_ {
+        self.exact.values().chain(&self.prefixes)
     }
 
     /// The version of `map` last delivered (or the `from_version` it was subscribed from).
@@ -89,12 +104,12 @@ impl ResumeState {
         self.applied_index
     }
 
-    fn covered(&self, app: &AppName, map: &MapName) -> bool {
-        self.specs.iter().any(|s| s.covers(app, map))
+    fn covered_by_prefix(&self, (app, map): &MapKey) -> bool {
+        self.prefixes.iter().any(|s| s.covers(app, map))
     }
 
-    fn covered_exactly(&self, app: &AppName, map: &MapName) -> bool {
-        self.specs.iter().any(|s| !s.prefix && s.covers(app, map))
+    fn covered(&self, key: &MapKey) -> bool {
+        self.exact.contains_key(key) || self.covered_by_prefix(key)
     }
 
     /// Adds a subscription; returns what to send on the current stream. Adding one that is
@@ -104,18 +119,17 @@ impl ResumeState {
         spec: SubscriptionSpec,
     ) -> Result<Vec<pb::SubscribeRequest>, ClientError> {
         if spec.prefix {
-            if self.specs.iter().any(|s| s.same_target(&spec)) {
+            if self.prefixes.iter().any(|s| s.same_target(&spec)) {
                 return Ok(Vec::new());
             }
             let add = wire(&spec.app, &spec.map, true, spec.from_version);
-            self.specs.push(spec);
+            self.prefixes.push(spec);
             return Ok(vec![request(pb::subscribe_request::Op::Add(add))]);
         }
-        let map = MapName::parse(&spec.map)?;
-        if self.specs.iter().any(|s| s.same_target(&spec)) {
+        let key = (spec.app.clone(), MapName::parse(&spec.map)?);
+        let Entry::Vacant(slot) = self.exact.entry(key.clone()) else {
             return Ok(Vec::new());
-        }
-        let key = (spec.app.clone(), map);
+        };
         // Never go back on a map already delivered: the caller has its last version.
         let from = match self.last.get(&key) {
             Some(&last) => Some(last),
@@ -126,7 +140,7 @@ impl ResumeState {
                 spec.from_version
             }
         };
-        self.specs.push(spec);
+        slot.insert(spec);
         // An implicit exact subscription for this map is already on the stream: it becomes the
         // caller's, with nothing to send.
         if self.implicit.remove(&key) {
@@ -139,35 +153,57 @@ impl ResumeState {
     /// Removes a subscription (matched by app, map or prefix, and kind); returns what to send on
     /// the current stream. Maps no longer covered by any subscription are forgotten, so
     /// subscribing to them again starts afresh.
+    ///
+    /// Removing an exact subscription touches only its map; removing a prefix scans the maps.
     pub fn remove(&mut self, spec: &SubscriptionSpec) -> Vec<pb::SubscribeRequest> {
-        let Some(at) = self.specs.iter().position(|s| s.same_target(spec)) else {
+        if spec.prefix {
+            self.remove_prefix(spec)
+        } else {
+            self.remove_exact(spec)
+        }
+    }
+
+    fn remove_exact(&mut self, spec: &SubscriptionSpec) -> Vec<pb::SubscribeRequest> {
+        // A name that does not parse was never added.
+        let Ok(map) = MapName::parse(&spec.map) else {
             return Vec::new();
         };
-        let removed = self.specs.remove(at);
-        let mut out = vec![request(pb::subscribe_request::Op::Remove(wire(
-            &removed.app,
-            &removed.map,
-            removed.prefix,
-            None,
-        )))];
+        let key = (spec.app.clone(), map);
+        let Some(removed) = self.exact.remove(&key) else {
+            return Vec::new();
+        };
+        let mut out = vec![remove_request(&removed.app, &removed.map, false)];
+        if !self.covered_by_prefix(&key) {
+            self.last.remove(&key);
+            if self.implicit.remove(&key) {
+                out.push(remove_request(&key.0, key.1.as_str(), false));
+            }
+        }
+        out
+    }
+
+    fn remove_prefix(&mut self, spec: &SubscriptionSpec) -> Vec<pb::SubscribeRequest> {
+        let Some(at) = self.prefixes.iter().position(|s| s.same_target(spec)) else {
+            return Vec::new();
+        };
+        let removed = self.prefixes.remove(at);
+        let mut out = vec![remove_request(&removed.app, &removed.map, true)];
         let orphans: Vec<MapKey> = self
             .implicit
             .iter()
-            .filter(|(app, map)| removed.covers(app, map) && !self.covered(app, map))
+            .filter(|key| removed.covers(&key.0, &key.1) && !self.covered(key))
             .cloned()
             .collect();
         for key in orphans {
             self.implicit.remove(&key);
-            out.push(request(pb::subscribe_request::Op::Remove(wire(
-                &key.0,
-                key.1.as_str(),
-                false,
-                None,
-            ))));
+            out.push(remove_request(&key.0, key.1.as_str(), false));
         }
-        let specs = &self.specs;
-        self.last
-            .retain(|(app, map), _| specs.iter().any(|s| s.covers(app, map)));
+        let (exact, prefixes) = (&self.exact, &self.prefixes);
+        self.last.retain(|key, _| {
+            !removed.covers(&key.0, &key.1)
+                || exact.contains_key(key)
+                || prefixes.iter().any(|s| s.covers(&key.0, &key.1))
+        });
         out
     }
 
@@ -176,21 +212,20 @@ impl ResumeState {
     /// each map already seen under them.
     pub fn resume_requests(&mut self) -> Vec<pb::SubscribeRequest> {
         self.implicit.clear();
-        let mut out = Vec::new();
-        for spec in self.specs.iter().filter(|s| !s.prefix) {
-            let from = MapName::parse(&spec.map)
-                .ok()
-                .and_then(|m| self.last.get(&(spec.app.clone(), m)).copied())
-                .or(spec.from_version);
-            out.push(wire(&spec.app, &spec.map, false, from));
+        let mut out = Vec::with_capacity(self.exact.len() + self.prefixes.len());
+        for (key, spec) in &self.exact {
+            let from = self.last.get(key).copied().or(spec.from_version);
+            out.push(wire(&key.0, key.1.as_str(), false, from));
         }
-        for ((app, map), &version) in &self.last {
-            if !self.covered_exactly(app, map) && self.covered(app, map) {
-                self.implicit.insert((app.clone(), map.clone()));
-                out.push(wire(app, map.as_str(), false, Some(version)));
+        if !self.prefixes.is_empty() {
+            for (key, &version) in &self.last {
+                if !self.exact.contains_key(key) && self.covered_by_prefix(key) {
+                    self.implicit.insert(key.clone());
+                    out.push(wire(&key.0, key.1.as_str(), false, Some(version)));
+                }
             }
         }
-        for spec in self.specs.iter().filter(|s| s.prefix) {
+        for spec in &self.prefixes {
             out.push(wire(&spec.app, &spec.map, true, spec.from_version));
         }
         out.into_iter()
@@ -206,7 +241,7 @@ impl ResumeState {
         let mut resync = false;
         for update in updates {
             let key = (update.app().clone(), update.map().clone());
-            if !self.covered(&key.0, &key.1) {
+            if !self.covered(&key) {
                 continue;
             }
             let last = self.last.get(&key).copied();
@@ -477,7 +512,7 @@ mod tests {
             from_version: None,
         };
         assert!(matches!(s.add(bad), Err(ClientError::Name(_))));
-        assert_eq!(s.specs().len(), 1);
+        assert_eq!(s.specs().count(), 1);
         Ok(())
     }
 
@@ -512,6 +547,73 @@ mod tests {
             }
         }
         assert_eq!(seen, (1..=8).collect::<Vec<_>>());
+        Ok(())
+    }
+
+    #[test]
+    fn removing_an_exact_map_under_a_prefix_keeps_its_version() -> TestResult {
+        let mut s = ResumeState::new();
+        s.add(SubscriptionSpec::prefix(app(), "ann-"))?;
+        let a_m = SubscriptionSpec::map(app(), &name("ann-a-m"));
+        let bob = SubscriptionSpec::map(app(), &name("bob-tv-x"));
+        s.add(a_m.clone())?;
+        s.add(bob.clone())?;
+        s.accept(1, vec![snapshot("ann-a-m", 4), snapshot("bob-tv-x", 2)]);
+        assert_eq!(removes(&s.remove(&a_m)), [("ann-a-m".to_string(), false)]);
+        assert_eq!(s.last_version(&app(), &name("ann-a-m")), Some(4));
+        assert_eq!(removes(&s.remove(&bob)), [("bob-tv-x".to_string(), false)]);
+        assert_eq!(s.last_version(&app(), &name("bob-tv-x")), None);
+        assert_eq!(s.remove(&bob), vec![]);
+        // The map still under the prefix resumes from its version, implicitly.
+        assert_eq!(
+            adds(&s.resume_requests()),
+            [
+                ("ann-a-m".to_string(), false, Some(4)),
+                ("ann-".to_string(), true, None),
+            ]
+        );
+        Ok(())
+    }
+
+    /// A node agent follows thousands of maps over one subscription, each added and removed on
+    /// its own: every step must cost about the same however many maps there are.
+    #[test]
+    fn ten_thousand_exact_maps_come_and_go() -> TestResult {
+        const MAPS: usize = 10_000;
+        let maps: Vec<String> = (0..MAPS).map(|i| format!("bob-tv-m{i:05}")).collect();
+        let mut s = ResumeState::new();
+        for map in &maps {
+            assert_eq!(s.add(SubscriptionSpec::map(app(), &name(map)))?.len(), 1);
+        }
+        assert_eq!(s.specs().count(), MAPS);
+        for (i, map) in maps.iter().enumerate() {
+            let a = s.accept(i as u64 + 1, vec![snapshot(map, 1)]);
+            assert_eq!(delivered(&a), [(map.clone(), 1)]);
+        }
+        let a = s.accept(
+            MAPS as u64 + 1,
+            maps.iter().map(|map| delta(map, 1)).collect(),
+        );
+        assert_eq!(delivered(&a).len(), MAPS);
+        assert!(!a.resync);
+        let resume = adds(&s.resume_requests());
+        assert_eq!(resume.len(), MAPS);
+        assert!(
+            resume
+                .iter()
+                .all(|(_, prefix, from)| !prefix && *from == Some(2))
+        );
+        assert!(resume.windows(2).all(|w| w[0].0 < w[1].0), "sorted");
+        for map in &maps {
+            let out = s.remove(&SubscriptionSpec::map(app(), &name(map)));
+            assert_eq!(removes(&out), [(map.clone(), false)]);
+            assert_eq!(s.last_version(&app(), &name(map)), None);
+        }
+        assert_eq!(s.specs().count(), 0);
+        assert!(s.exact.is_empty() && s.prefixes.is_empty());
+        assert!(s.last.is_empty() && s.implicit.is_empty());
+        assert_eq!(s.resume_requests(), vec![]);
+        assert_eq!(delivered(&s.accept(0, vec![delta(&maps[0], 2)])), []);
         Ok(())
     }
 }

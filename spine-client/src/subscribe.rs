@@ -283,8 +283,9 @@ impl Subscription {
         self.state.applied_index()
     }
 
-    /// The active subscriptions.
-    pub fn specs(&self) -> &[SubscriptionSpec] {
+    /// The active subscriptions: the exact ones ordered by app and map, then the prefixes in the
+    /// order they were added.
+    pub fn specs(&self) -> impl Iterator<Item = &SubscriptionSpec> + '_ {
         self.state.specs()
     }
 

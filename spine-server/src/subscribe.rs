@@ -106,20 +106,29 @@ impl SubscriptionSet {
         Ok(out)
     }
 
-    /// Stops following; forgets versions of maps no longer followed.
+    /// Stops following; forgets versions of maps no longer followed. Removing one map costs
+    /// O(log n + prefixes); removing a prefix scans the tracked maps.
     pub fn remove(&mut self, f: &Follow) {
         if f.prefix {
             self.prefixes.remove(&(f.app.clone(), f.name.clone()));
+            let orphans: Vec<MapKey> = self
+                .last
+                .keys()
+                .filter(|k| k.app == f.app && k.map.as_str().starts_with(f.name.as_str()))
+                .filter(|k| !self.follows(k))
+                .cloned()
+                .collect();
+            for k in orphans {
+                self.last.remove(&k);
+            }
         } else if let Ok(map) = f.name.parse() {
-            self.exact.remove(&MapKey {
+            let key = MapKey {
                 app: f.app.clone(),
                 map,
-            });
-        }
-        let keys: Vec<MapKey> = self.last.keys().cloned().collect();
-        for k in keys {
-            if !self.follows(&k) {
-                self.last.remove(&k);
+            };
+            self.exact.remove(&key);
+            if !self.follows(&key) {
+                self.last.remove(&key);
             }
         }
     }

@@ -47,6 +47,8 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
                 "spine-server",
                 "-p",
                 "spine-client",
+                "-p",
+                "node-agent",
                 "--bins",
             ]);
             if profile_dir.file_name().is_some_and(|n| n == "release") {

@@ -279,3 +279,33 @@ async fn bad_input_changes_nothing_and_gets_the_right_code() -> anyhow::Result<(
     assert_eq!((created.version, created.created), (1, false));
     Ok(())
 }
+
+#[tokio::test]
+async fn leadership_moves_on_request_and_writes_go_on() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3, ClusterOpts::default()).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let target = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .ok_or_else(|| anyhow::anyhow!("no other node"))?;
+    // Any node accepts the request; it is forwarded to the leader.
+    let mut c = cluster.raw(target).await?;
+    c.transfer_leader(pb::TransferLeaderRequest { id: target })
+        .await?;
+    spine_tests::eventually("the new leader", Duration::from_secs(20), || async {
+        let s = cluster.status(target).await.ok()?;
+        (s.state == "leader").then_some(())
+    })
+    .await?;
+    c.create_map(req::create(APP, "bob-tv-x")).await?;
+    let refused = c
+        .transfer_leader(pb::TransferLeaderRequest { id: 99 })
+        .await;
+    assert!(
+        refused.is_err_and(
+            |s| s.code() == Code::InvalidArgument && s.message().contains("not a voter")
+        )
+    );
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! The `spine-agent` binary: `spine-agent` runs the node agent daemon on a Unix socket;
+//! `spine-agent get` and `spine-agent status` read through a running one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use node_agent::daemon::{self, Daemon, DaemonConfig};
+use node_agent::{Agent, AgentConfig};
+use spine_proto::agent_v1 as pb;
+use spine_proto::v1::entry::Kind;
+
+/// The endpoints of `spine dev`.
+const DEV_ENDPOINTS: &str = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403";
+
+/// The Spine node agent: one per machine, serving pinned snapshots of Sharing Maps to local
+/// reader processes over gRPC on a Unix socket (service spine.agent.v1.NodeAgent).
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  spine-agent --socket /tmp/spine-agent.sock          # run the daemon next to `spine dev`\n  spine-agent get --socket /tmp/spine-agent.sock alice-phone-prices apple\n  spine-agent status --socket /tmp/spine-agent.sock\n\nClients must Release what they Pin: pins are not tied to connections (see --pin-max-age-secs).\nLogs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change the level."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Read keys of a map through a running daemon (pins, reads, releases).
+    Get(GetArgs),
+    /// Show the maps a running daemon follows, their versions and lag.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct SocketArg {
+    /// The daemon's socket [default: $XDG_RUNTIME_DIR/spine-agent.sock, or
+    /// /tmp/spine-agent-$UID.sock]
+    #[arg(long, env = "SPINE_AGENT_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    fn path(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(default_socket)
+    }
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Spine nodes (any of them; the agent fails over between them), comma-separated.
+    #[arg(long, env = "SPINE_ENDPOINTS", value_delimiter = ',', default_value = DEV_ENDPOINTS)]
+    endpoints: Vec<String>,
+    /// Versions kept per map (besides those readers pin).
+    #[arg(long, env = "SPINE_AGENT_VERSIONS_KEPT", default_value_t = AgentConfig::default().versions_kept)]
+    versions_kept: usize,
+    /// Maps no reader used for this many seconds are unsubscribed and freed.
+    #[arg(long, env = "SPINE_AGENT_IDLE_TIMEOUT_SECS", default_value_t = AgentConfig::default().idle_timeout.as_secs())]
+    idle_timeout_secs: u64,
+    /// How long a Pin or Watch of a map waits for its first version, in seconds.
+    #[arg(long, env = "SPINE_AGENT_FIRST_VERSION_TIMEOUT_SECS", default_value_t = AgentConfig::default().first_version_timeout.as_secs())]
+    first_version_timeout_secs: u64,
+    /// Refuse to run map methods (Invoke fails with FAILED_PRECONDITION).
+    #[arg(long, env = "SPINE_AGENT_NO_EXEC")]
+    no_exec: bool,
+    /// Most pins held for clients at once; Pin fails with RESOURCE_EXHAUSTED beyond it.
+    #[arg(long, env = "SPINE_AGENT_MAX_PINS", default_value_t = DaemonConfig::default().max_pins)]
+    max_pins: usize,
+    /// Pins not released after this many seconds are dropped (0: never), so a client that died
+    /// holding pins does not hold versions forever.
+    #[arg(long, env = "SPINE_AGENT_PIN_MAX_AGE_SECS", default_value_t = 600)]
+    pin_max_age_secs: u64,
+}
+
+#[derive(Args, Debug)]
+struct GetArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// The app namespace.
+    #[arg(long, env = "SPINE_APP", default_value = "dev-app")]
+    app: String,
+    /// The map.
+    map: String,
+    /// Keys to read (all when none).
+    keys: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Print the agent's full status as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn default_socket() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("spine-agent.sock");
+    }
+    // The owner of /proc/self is this process's user.
+    let user = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self")
+            .map(|m| m.uid().to_string())
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "user".into())
+    };
+    std::env::temp_dir().join(format!("spine-agent-{user}.sock"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run(cli.run).await,
+        Some(Command::Get(args)) => get(args).await,
+        Some(Command::Status(args)) => status(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let socket = args.socket.path();
+    let cfg = AgentConfig {
+        versions_kept: args.versions_kept.max(1),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        first_version_timeout: Duration::from_secs(args.first_version_timeout_secs.max(1)),
+        no_exec: args.no_exec,
+        ..AgentConfig::default()
+    };
+    let daemon_cfg = DaemonConfig {
+        max_pins: args.max_pins,
+        pin_max_age: (args.pin_max_age_secs > 0)
+            .then(|| Duration::from_secs(args.pin_max_age_secs)),
+    };
+    if args.endpoints.is_empty() {
+        bail!("no Spine endpoints given (--endpoints or SPINE_ENDPOINTS)");
+    }
+    let endpoints = args.endpoints.join(",");
+    let agent = Agent::connect(args.endpoints, cfg)
+        .await
+        .with_context(|| format!("connecting to the Spine at {endpoints}"))?;
+    let daemon = Daemon::bind(agent.clone(), &socket, daemon_cfg).await?;
+    println!(
+        "spine-agent: serving on {} (Spine at {endpoints})",
+        daemon.path().display()
+    );
+    println!("export SPINE_AGENT_SOCKET={}", daemon.path().display());
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
+    let signal = async move {
+        let r = shutdown_signal().await;
+        let _ = stopped_tx.send(r);
+    };
+    daemon.serve(signal).await?;
+    agent.shutdown();
+    // The signal handler's own failure (rare) is reported after the socket is gone.
+    if let Ok(r) = stopped_rx.await {
+        r?;
+    }
+    println!("spine-agent: stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+async fn get(args: GetArgs) -> anyhow::Result<()> {
+    let mut client = daemon::connect(&args.socket.path()).await?;
+    let pin = client
+        .pin(pb::PinRequest {
+            app: args.app.clone(),
+            map: args.map.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let read = client
+        .get(pb::GetRequest {
+            pin_id: pin.pin_id,
+            keys: args.keys,
+        })
+        .await;
+    // Release even when the read failed: pins outlive connections.
+    let released = client
+        .release(pb::ReleaseRequest { pin_id: pin.pin_id })
+        .await;
+    let read = read.map_err(status_error)?.into_inner();
+    released.map_err(status_error)?;
+    println!("# {}/{} version {}", args.app, args.map, read.version);
+    for kv in read.entries {
+        match kv.entry.and_then(|e| e.kind) {
+            Some(Kind::Json(json)) => println!("{} = {json}", kv.key),
+            Some(Kind::Method(m)) => {
+                println!(
+                    "{} = method({}) {{ {} }}",
+                    kv.key,
+                    m.args.join(", "),
+                    m.body
+                )
+            }
+            None => println!("# {} not found", kv.key),
+        }
+    }
+    Ok(())
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let mut client = daemon::connect(&args.socket.path()).await?;
+    let s = client
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.json {
+        let value: serde_json::Value =
+            serde_json::from_str(&s.json).context("the daemon's status is not JSON")?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!(
+        "maps {}  daemon pins {}  outages {}  last event {} ms ago",
+        s.maps, s.daemon_pins, s.outages, s.since_last_event_ms
+    );
+    for m in s.per_map {
+        println!(
+            "{}/{}  version {}  retained {}  pinned {}  behind {} versions ({} ms)",
+            m.app, m.map, m.version, m.retained, m.pinned, m.versions_behind, m.behind_ms
+        );
+    }
+    Ok(())
+}
+
+/// The error and its causes on one line, skipping causes the previous message already quotes.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// The daemon's message verbatim, with its code for scripts that match on it.
+fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", s.message(), s.code())
+}
