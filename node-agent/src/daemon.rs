@@ -44,7 +44,7 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use sharing_map::{AppName, MapName, MethodError, Snapshot};
@@ -124,6 +124,18 @@ pub struct Daemon {
     cfg: DaemonConfig,
     path: PathBuf,
     listener: UnixListener,
+    pins: Arc<Mutex<PinTable<Pinned>>>,
+}
+
+/// Reads how many pins a daemon holds for its clients (for metrics); see [`Daemon::pin_count`].
+#[derive(Clone, Debug)]
+pub struct PinCount(Weak<Mutex<PinTable<Pinned>>>);
+
+impl PinCount {
+    /// Pins held right now; `None` once the daemon has stopped.
+    pub fn get(&self) -> Option<usize> {
+        self.0.upgrade().map(|pins| lock(&pins).len())
+    }
 }
 
 impl Daemon {
@@ -159,17 +171,24 @@ impl Daemon {
             let _ = std::fs::remove_file(&tmp);
             return Err(fail(e));
         }
+        let pins = Arc::new(Mutex::new(PinTable::new(cfg.max_pins, cfg.pin_max_age)));
         Ok(Self {
             agent,
             cfg,
             path,
             listener,
+            pins,
         })
     }
 
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A handle reading how many pins this daemon holds, while it serves.
+    pub fn pin_count(&self) -> PinCount {
+        PinCount(Arc::downgrade(&self.pins))
     }
 
     /// Serves until `shutdown` completes, then ends open `Watch` streams, waits for requests in
@@ -180,9 +199,9 @@ impl Daemon {
             cfg,
             path,
             listener,
+            pins,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let pins = Arc::new(Mutex::new(PinTable::new(cfg.max_pins, cfg.pin_max_age)));
         let sweeper = cfg.pin_max_age.map(|age| {
             let pins = Arc::downgrade(&pins);
             tokio::spawn(async move {

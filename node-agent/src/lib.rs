@@ -16,6 +16,8 @@
 //! - **Out-of-process readers**: the `spine-agent` daemon ([`daemon`]) serves this API over gRPC
 //!   on a Unix socket (`spine.agent.v1.NodeAgent`: pin, get, invoke, release, watch, status), so
 //!   reader processes in any language share one agent per machine.
+//! - **Metrics**: [`metrics::render`] turns [`Agent::status`] into Prometheus text (agent-wide
+//!   figures only, no series per map); `spine-agent --metrics-listen` serves it.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,6 +36,7 @@
 
 mod agent;
 pub mod daemon;
+pub mod metrics;
 pub mod registry;
 
 pub use agent::{Agent, AgentConfig, AgentError, AgentStatus, Pinned, Replica};

@@ -188,6 +188,7 @@ pub struct NodeHandle {
     events: broadcast::Sender<Arc<AppliedEvent>>,
     shutdown: Arc<watch::Sender<bool>>,
     request_timeout: Duration,
+    election_timeout: Duration,
 }
 
 impl NodeHandle {
@@ -280,8 +281,29 @@ impl NodeHandle {
     }
 
     /// Asks the group to move leadership to `to`.
+    ///
+    /// Returns once `to` leads. raft-rs abandons a transfer the target cannot complete within an
+    /// election timeout (for example while it catches up, or while this node does not yet know
+    /// the leader), so the request is repeated until it succeeds or the request timeout passes.
     pub async fn transfer_leader(&self, to: u64) -> Result<(), NodeError> {
-        self.ask(|r| Msg::TransferLeader(to, r)).await
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let attempt = self.election_timeout.max(Duration::from_millis(200));
+        loop {
+            if self.status().leader_id == to {
+                return Ok(());
+            }
+            self.ask(|r| Msg::TransferLeader(to, r)).await?;
+            let mut status = self.status.clone();
+            let moved = tokio::time::timeout(attempt, status.wait_for(|s| s.leader_id == to)).await;
+            if matches!(moved, Ok(Ok(_))) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.unavailable(&format!(
+                    "leadership did not move to node {to} in time (is it running, reachable and caught up?)"
+                )));
+            }
+        }
     }
 
     /// Resolves once [`shutdown`](Self::shutdown) was called.
@@ -390,6 +412,7 @@ pub fn start(
         events: events.clone(),
         shutdown: Arc::new(shutdown_tx),
         request_timeout: cfg.request_timeout,
+        election_timeout: cfg.tick * cfg.election_ticks as u32 * 2,
     };
     let node = NodeLoop {
         cfg,

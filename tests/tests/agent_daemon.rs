@@ -1,7 +1,8 @@
 //! The `spine-agent` daemon as its own process, read from this (second) process over its Unix
 //! socket: pins keep their version while new pins move on, keys and methods read from a pin, pins
 //! are released, watches see each version, malformed requests get errors that quote the problem,
-//! and the daemon stops on SIGTERM, ending its watches and removing its socket.
+//! the daemon serves Prometheus metrics over HTTP, and it stops on SIGTERM, ending its watches and
+//! removing its socket.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,8 @@ use spine_client::Client;
 use spine_proto::agent_v1 as pb;
 use spine_proto::agent_v1::node_agent_client::NodeAgentClient;
 use spine_proto::v1::entry::Kind;
-use spine_tests::{Cluster, ClusterOpts, bin, eventually};
+use spine_tests::{Cluster, ClusterOpts, bin, eventually, free_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -32,6 +34,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 struct AgentProcess {
     child: Child,
     socket: PathBuf,
+    /// Where it serves Prometheus metrics.
+    metrics_port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -42,12 +46,19 @@ impl AgentProcess {
         let socket = dir.path().join("agent.sock");
         drop(std::os::unix::net::UnixListener::bind(&socket)?);
         let log = std::fs::File::create(dir.path().join("agent.log"))?;
+        let metrics_port = free_port()?;
         let child = Self::command(cluster, &socket)?
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("starting spine-agent")?;
-        let agent = Self { child, socket, dir };
+        let agent = Self {
+            child,
+            socket,
+            metrics_port,
+            dir,
+        };
         let client = eventually("the agent's socket to accept", PATIENCE, || async {
             daemon::connect(&agent.socket).await.ok()
         })
@@ -71,6 +82,18 @@ impl AgentProcess {
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// `GET /metrics` over plain HTTP/1.0: the body.
+    async fn metrics(&self) -> anyhow::Result<String> {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        ensure!(response.starts_with("HTTP/1.0 200"), "{response}");
+        Ok(response)
     }
 
     async fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
@@ -315,6 +338,31 @@ async fn scenario(
     ensure!(status.daemon_pins == 2, "{status:?}");
     let json: Value = serde_json::from_str(&status.json)?;
     ensure!(json["per_map"][0]["map"] == json!(MAP), "{json}");
+
+    // Metrics: agent-wide figures, computed when scraped, and no series per map.
+    let metrics = process.metrics().await?;
+    let sample = |name: &str| -> anyhow::Result<f64> {
+        let line = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .with_context(|| format!("metrics lack {name}:\n{metrics}"))?;
+        Ok(line.parse()?)
+    };
+    for name in [
+        "spine_agent_pinned_snapshots",
+        "spine_agent_versions_retained",
+        "spine_agent_seconds_since_last_event",
+        "spine_agent_applied_index",
+        "spine_agent_outages_total",
+        "spine_agent_max_versions_behind",
+        "spine_agent_max_seconds_behind",
+    ] {
+        sample(name)?;
+    }
+    ensure!(sample("spine_agent_maps")? >= 1.0, "{metrics}");
+    ensure!(sample("spine_agent_daemon_pins")? == 2.0, "{metrics}");
+    ensure!(sample("spine_agent_pinned_snapshots")? >= 2.0, "{metrics}");
+    ensure!(!metrics.contains(MAP), "a series per map:\n{metrics}");
 
     // Malformed requests get errors that quote the problem.
     assert_error(

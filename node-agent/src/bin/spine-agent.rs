@@ -1,14 +1,15 @@
 //! The `spine-agent` binary: `spine-agent` runs the node agent daemon on a Unix socket;
 //! `spine-agent get` and `spine-agent status` read through a running one.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use node_agent::daemon::{self, Daemon, DaemonConfig};
-use node_agent::{Agent, AgentConfig};
+use node_agent::daemon::{self, Daemon, DaemonConfig, PinCount};
+use node_agent::{Agent, AgentConfig, metrics};
 use spine_proto::agent_v1 as pb;
 use spine_proto::v1::entry::Kind;
 
@@ -78,6 +79,10 @@ struct RunArgs {
     /// holding pins does not hold versions forever.
     #[arg(long, env = "SPINE_AGENT_PIN_MAX_AGE_SECS", default_value_t = 600)]
     pin_max_age_secs: u64,
+    /// Serve Prometheus metrics (agent-wide, no series per map) at GET /metrics on this address,
+    /// e.g. 127.0.0.1:7421 [default: off]
+    #[arg(long, env = "SPINE_AGENT_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -162,6 +167,35 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to the Spine at {endpoints}"))?;
     let daemon = Daemon::bind(agent.clone(), &socket, daemon_cfg).await?;
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = match args.metrics_listen {
+        Some(addr) => {
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    // Not serving after all: leave no socket file behind.
+                    let _ = std::fs::remove_file(daemon.path());
+                    return Err(e).with_context(|| {
+                        format!("binding the metrics address {addr} (--metrics-listen)")
+                    });
+                }
+            };
+            let bound = listener.local_addr().unwrap_or(addr);
+            println!("spine-agent: metrics on http://{bound}/metrics");
+            let router = metrics_router(agent.clone(), daemon.pin_count());
+            Some(tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async {
+                        let _ = metrics_stopped.await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "metrics server failed");
+                }
+            }))
+        }
+        None => None,
+    };
     println!(
         "spine-agent: serving on {} (Spine at {endpoints})",
         daemon.path().display()
@@ -172,7 +206,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let r = shutdown_signal().await;
         let _ = stopped_tx.send(r);
     };
-    daemon.serve(signal).await?;
+    let served = daemon.serve(signal).await;
+    let _ = stop_metrics.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    served?;
     agent.shutdown();
     // The signal handler's own failure (rare) is reported after the socket is gone.
     if let Ok(r) = stopped_rx.await {
@@ -180,6 +219,35 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     println!("spine-agent: stopped");
     Ok(())
+}
+
+/// `GET /metrics`: the agent's status as Prometheus text, computed at each scrape.
+fn metrics_router(agent: Agent, pins: PinCount) -> axum::Router {
+    use axum::http::{StatusCode, header};
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (agent, pins) = (agent.clone(), pins.clone());
+            async move {
+                match agent.status().await {
+                    Ok(status) => {
+                        let pins = pins.get().map(|n| n as u64);
+                        let text = metrics::render(&status, pins);
+                        (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+                            text,
+                        )
+                    }
+                    Err(e) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                        format!("the node agent is not running: {e}\n"),
+                    ),
+                }
+            }
+        }),
+    )
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {
