@@ -340,6 +340,8 @@ struct NodeLoop {
     conf_changes: HashMap<u64, Pending<crate::state::Membership>>,
     reads: HashMap<u64, Pending<u64>>,
     ready_reads: Vec<(u64, Reply<u64>)>,
+    /// Proposals and reads that arrived while no leader was known; raft-rs would drop them.
+    waiting_for_leader: Vec<(Instant, Msg)>,
     term: u64,
 }
 
@@ -430,6 +432,7 @@ pub fn start(
         conf_changes: HashMap::new(),
         reads: HashMap::new(),
         ready_reads: Vec::new(),
+        waiting_for_leader: Vec::new(),
         term: hs.term,
     };
     let task = tokio::spawn(node.run(rx, shutdown_rx));
@@ -464,6 +467,15 @@ impl NodeLoop {
                 tracing::error!(error = %e, "storage failed; stopping the node");
                 break;
             }
+            if self.raw.raft.leader_id != 0 && !self.waiting_for_leader.is_empty() {
+                for (_, msg) in std::mem::take(&mut self.waiting_for_leader) {
+                    self.handle(msg);
+                }
+                if let Err(e) = self.on_ready() {
+                    tracing::error!(error = %e, "storage failed; stopping the node");
+                    break;
+                }
+            }
             if last_sweep.elapsed() >= self.cfg.tick {
                 self.expire();
                 last_sweep = Instant::now();
@@ -490,6 +502,12 @@ impl NodeLoop {
     }
 
     fn handle(&mut self, msg: Msg) {
+        if self.raw.raft.leader_id == 0 && matches!(msg, Msg::Propose(..) | Msg::ReadIndex(..)) {
+            // During an election nobody can take the request yet: hold it until a leader is
+            // known (or the request times out) instead of failing the client at once.
+            self.waiting_for_leader.push((Instant::now(), msg));
+            return;
+        }
         match msg {
             Msg::Raft(m) => {
                 if let Err(e) = self.raw.step(*m) {
@@ -628,6 +646,22 @@ impl NodeLoop {
     /// Answers requests that waited too long, so clients retry elsewhere.
     fn expire(&mut self) {
         let limit = self.cfg.request_timeout;
+        let (stale, fresh): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting_for_leader)
+            .into_iter()
+            .partition(|(since, _)| since.elapsed() > limit);
+        self.waiting_for_leader = fresh;
+        for (_, msg) in stale {
+            let err = self.unavailable("no leader was elected in time");
+            match msg {
+                Msg::Propose(_, reply) => {
+                    let _ = reply.send(Err(err));
+                }
+                Msg::ReadIndex(reply) => {
+                    let _ = reply.send(Err(err));
+                }
+                _ => {}
+            }
+        }
         let expired = |p: &Instant| p.elapsed() > limit;
         let ids: Vec<u64> = self
             .proposals
@@ -682,6 +716,17 @@ impl NodeLoop {
         }
         for (_, r) in self.ready_reads.drain(..) {
             let _ = r.send(Err(err()));
+        }
+        for (_, msg) in self.waiting_for_leader.drain(..) {
+            match msg {
+                Msg::Propose(_, reply) => {
+                    let _ = reply.send(Err(err()));
+                }
+                Msg::ReadIndex(reply) => {
+                    let _ = reply.send(Err(err()));
+                }
+                _ => {}
+            }
         }
     }
 

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -32,12 +32,14 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let dir = BUILT
         .get_or_init(|| {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            // target/<profile>/deps/<test> -> target/<profile>
-            let profile_dir = exe
+            // target/<profile>/deps/<test> or target/<profile>/<binary> -> target/<profile>
+            let mut profile_dir = exe
                 .parent()
-                .and_then(Path::parent)
                 .ok_or("cannot locate the target directory")?
                 .to_path_buf();
+            if profile_dir.file_name().is_some_and(|n| n == "deps") {
+                profile_dir.pop();
+            }
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = std::process::Command::new(cargo);
             cmd.args([
@@ -421,7 +423,7 @@ impl Cluster {
             .into_inner())
     }
 
-    /// Waits until the live nodes agree on a leader that says it leads; returns its id.
+    /// Waits until every live node follows one leader that says it leads; returns its id.
     pub async fn wait_for_leader(&self, deadline: Duration) -> anyhow::Result<u64> {
         let live = self.live();
         eventually("a leader", deadline, || async {
@@ -435,8 +437,9 @@ impl Cluster {
                 .iter()
                 .find(|(_, _, state)| state == "leader")
                 .map(|(id, _, _)| *id)?;
+            // Every live node must know it, so a test's first request to any node is served.
             let agree = leaders.iter().filter(|(_, l, _)| *l == leader).count();
-            (agree * 2 > live.len()).then_some(leader)
+            (agree == live.len()).then_some(leader)
         })
         .await
     }
