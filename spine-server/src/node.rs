@@ -650,58 +650,18 @@ impl NodeLoop {
             .into_iter()
             .partition(|(since, _)| since.elapsed() > limit);
         self.waiting_for_leader = fresh;
+        let no_leader = self.unavailable("no leader was elected in time");
         for (_, msg) in stale {
-            let err = self.unavailable("no leader was elected in time");
-            match msg {
-                Msg::Propose(_, reply) => {
-                    let _ = reply.send(Err(err));
-                }
-                Msg::ReadIndex(reply) => {
-                    let _ = reply.send(Err(err));
-                }
-                _ => {}
-            }
+            answer_held(msg, &no_leader);
         }
-        let expired = |p: &Instant| p.elapsed() > limit;
-        let ids: Vec<u64> = self
-            .proposals
-            .iter()
-            .filter(|(_, p)| expired(&p.since))
-            .map(|(k, _)| *k)
-            .collect();
-        for id in ids {
-            if let Some(p) = self.proposals.remove(&id) {
-                let _ = p.reply.send(Err(self.unavailable(
-                    "the update was not committed in time (it may still commit; retrying with the same update id is safe)",
-                )));
-            }
-        }
-        let ids: Vec<u64> = self
-            .reads
-            .iter()
-            .filter(|(_, p)| expired(&p.since))
-            .map(|(k, _)| *k)
-            .collect();
-        for id in ids {
-            if let Some(p) = self.reads.remove(&id) {
-                let _ = p
-                    .reply
-                    .send(Err(self.unavailable("no leader confirmed the read in time")));
-            }
-        }
-        let ids: Vec<u64> = self
-            .conf_changes
-            .iter()
-            .filter(|(_, p)| expired(&p.since))
-            .map(|(k, _)| *k)
-            .collect();
-        for id in ids {
-            if let Some(p) = self.conf_changes.remove(&id) {
-                let _ = p.reply.send(Err(
-                    self.unavailable("the membership change was not committed in time")
-                ));
-            }
-        }
+        let timeout = self.unavailable(
+            "the update was not committed in time (it may still commit; retrying with the same update id is safe)",
+        );
+        expire_pending(&mut self.proposals, limit, &timeout);
+        let timeout = self.unavailable("no leader confirmed the read in time");
+        expire_pending(&mut self.reads, limit, &timeout);
+        let timeout = self.unavailable("the membership change was not committed in time");
+        expire_pending(&mut self.conf_changes, limit, &timeout);
     }
 
     fn fail_all(&mut self, err: impl Fn() -> NodeError) {
@@ -718,15 +678,7 @@ impl NodeLoop {
             let _ = r.send(Err(err()));
         }
         for (_, msg) in self.waiting_for_leader.drain(..) {
-            match msg {
-                Msg::Propose(_, reply) => {
-                    let _ = reply.send(Err(err()));
-                }
-                Msg::ReadIndex(reply) => {
-                    let _ = reply.send(Err(err()));
-                }
-                _ => {}
-            }
+            answer_held(msg, &err());
         }
     }
 
@@ -996,6 +948,33 @@ impl NodeLoop {
                 false
             }
         });
+    }
+}
+
+/// Answers a request held while no leader was known.
+fn answer_held(msg: Msg, err: &NodeError) {
+    match msg {
+        Msg::Propose(_, reply) => {
+            let _ = reply.send(Err(err.clone()));
+        }
+        Msg::ReadIndex(reply) => {
+            let _ = reply.send(Err(err.clone()));
+        }
+        _ => {}
+    }
+}
+
+/// Answers with `err` every pending request older than `limit`.
+fn expire_pending<T>(pending: &mut HashMap<u64, Pending<T>>, limit: Duration, err: &NodeError) {
+    let ids: Vec<u64> = pending
+        .iter()
+        .filter(|(_, p)| p.since.elapsed() > limit)
+        .map(|(k, _)| *k)
+        .collect();
+    for id in ids {
+        if let Some(p) = pending.remove(&id) {
+            let _ = p.reply.send(Err(err.clone()));
+        }
     }
 }
 

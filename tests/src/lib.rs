@@ -504,6 +504,26 @@ impl Drop for Cluster {
     }
 }
 
+/// Reads a map from one node (`stale_ok`: from its applied state, no ReadIndex).
+pub async fn get_map(
+    client: &mut RawClient,
+    app: &str,
+    map: &str,
+    stale_ok: bool,
+) -> anyhow::Result<pb::MapSnapshot> {
+    client
+        .get_map(pb::GetMapRequest {
+            app: app.into(),
+            map: map.into(),
+            stale_ok,
+            keys: vec![],
+        })
+        .await?
+        .into_inner()
+        .map
+        .ok_or_else(|| anyhow::anyhow!("the answer for {map} holds no map"))
+}
+
 /// Helpers to build requests.
 pub mod req {
     use super::pb;

@@ -37,17 +37,8 @@ async fn writes_through_every_node_converge() -> anyhow::Result<()> {
     for id in cluster.ids() {
         let mut c = cluster.raw(id).await?;
         for owner in cluster.ids() {
-            let got = c
-                .get_map(pb::GetMapRequest {
-                    app: APP.into(),
-                    map: format!("bob-node{owner}-prices"),
-                    stale_ok: false,
-                    keys: vec![],
-                })
-                .await?
-                .into_inner()
-                .map
-                .ok_or_else(|| anyhow::anyhow!("no map"))?;
+            let got = spine_tests::get_map(&mut c, APP, &format!("bob-node{owner}-prices"), false)
+                .await?;
             assert_eq!(got.version, 20);
             assert_eq!(got.entries.len(), 20);
         }
@@ -113,143 +104,84 @@ async fn bad_input_changes_nothing_and_gets_the_right_code() -> anyhow::Result<(
     .await?;
     let before = cluster.wait_converged(Duration::from_secs(20)).await?;
 
-    let expect =
-        |r: Result<tonic::Response<pb::UpdateResponse>, tonic::Status>, code: Code, text: &str| {
-            match r {
-                Err(s) => {
-                    assert_eq!(s.code(), code, "{}", s.message());
-                    assert!(
-                        s.message().contains(text),
-                        "message {:?} lacks {text:?}",
-                        s.message()
-                    );
-                }
-                Ok(r) => panic!("accepted: {:?}", r.into_inner()),
-            }
-        };
-    // Invalid names quote the name and the rule.
-    expect(
-        c.update(req::update(
-            APP,
-            "Bob-tv-x",
-            1,
-            "u",
-            vec![req::put("k", "1")],
-        ))
-        .await,
-        Code::InvalidArgument,
-        "\"Bob-tv-x\"",
-    );
-    expect(
-        c.update(req::update(
-            "ab-shop",
-            "bob-tv-x",
-            1,
-            "u",
-            vec![req::put("k", "1")],
-        ))
-        .await,
-        Code::InvalidArgument,
-        "shorter than 3",
-    );
-    // Oversize keys and values.
-    expect(
-        c.update(req::update(
-            APP,
-            "bob-tv-x",
-            1,
-            "u",
-            vec![req::put(&"k".repeat(2000), "1")],
-        ))
-        .await,
-        Code::InvalidArgument,
-        "the limit is 1024",
-    );
+    let one = |app: &str, map: &str, version: u64, id: &str, key: &str, json: &str| {
+        req::update(app, map, version, id, vec![req::put(key, json)])
+    };
     let big = format!("\"{}\"", "v".repeat(300 * 1024));
-    expect(
-        c.update(req::update(
-            APP,
-            "bob-tv-x",
-            1,
-            "u",
-            vec![req::put("k", &big)],
-        ))
-        .await,
-        Code::InvalidArgument,
-        "the limit is 262144",
-    );
-    // Malformed change sets.
-    expect(
-        c.update(req::update(
-            APP,
-            "bob-tv-x",
-            1,
-            "u",
-            vec![req::put("k", "{not json")],
-        ))
-        .await,
-        Code::InvalidArgument,
-        "JSON value of key \"k\"",
-    );
-    expect(
-        c.update(req::update(
-            APP,
-            "bob-tv-x",
-            1,
-            "",
-            vec![req::put("k", "1")],
-        ))
-        .await,
-        Code::InvalidArgument,
-        "update id",
-    );
-    expect(
-        c.update(pb::UpdateRequest {
-            app: APP.into(),
-            change_sets: vec![],
-        })
-        .await,
-        Code::InvalidArgument,
-        "at least one change set",
-    );
-    // Version conflicts give the current version.
-    expect(
-        c.update(req::update(
-            APP,
-            "bob-tv-x",
-            0,
-            "second",
-            vec![req::put("k", "2")],
-        ))
-        .await,
-        Code::FailedPrecondition,
-        "current version is 1",
-    );
-    expect(
-        c.update(req::update(
-            APP,
-            "bob-tv-x",
-            7,
-            "second",
-            vec![req::put("k", "2")],
-        ))
-        .await,
-        Code::FailedPrecondition,
-        "current version is 1",
-    );
-    // Unknown maps.
-    expect(
-        c.update(req::update(
-            APP,
-            "bob-tv-nope",
-            0,
-            "u",
-            vec![req::put("k", "1")],
-        ))
-        .await,
-        Code::NotFound,
-        "does not exist",
-    );
+    let long_key = "k".repeat(2000);
+    let refused = [
+        // Invalid names quote the name and the rule.
+        (
+            one(APP, "Bob-tv-x", 1, "u", "k", "1"),
+            Code::InvalidArgument,
+            "\"Bob-tv-x\"",
+        ),
+        (
+            one("ab-shop", "bob-tv-x", 1, "u", "k", "1"),
+            Code::InvalidArgument,
+            "shorter than 3",
+        ),
+        // Oversize keys and values.
+        (
+            one(APP, "bob-tv-x", 1, "u", &long_key, "1"),
+            Code::InvalidArgument,
+            "the limit is 1024",
+        ),
+        (
+            one(APP, "bob-tv-x", 1, "u", "k", &big),
+            Code::InvalidArgument,
+            "the limit is 262144",
+        ),
+        // Malformed change sets.
+        (
+            one(APP, "bob-tv-x", 1, "u", "k", "{not json"),
+            Code::InvalidArgument,
+            "JSON value of key \"k\"",
+        ),
+        (
+            one(APP, "bob-tv-x", 1, "", "k", "1"),
+            Code::InvalidArgument,
+            "update id",
+        ),
+        (
+            pb::UpdateRequest {
+                app: APP.into(),
+                change_sets: vec![],
+            },
+            Code::InvalidArgument,
+            "at least one change set",
+        ),
+        // Version conflicts give the current version.
+        (
+            one(APP, "bob-tv-x", 0, "second", "k", "2"),
+            Code::FailedPrecondition,
+            "current version is 1",
+        ),
+        (
+            one(APP, "bob-tv-x", 7, "second", "k", "2"),
+            Code::FailedPrecondition,
+            "current version is 1",
+        ),
+        // Unknown maps.
+        (
+            one(APP, "bob-tv-nope", 0, "u", "k", "1"),
+            Code::NotFound,
+            "does not exist",
+        ),
+    ];
+    for (request, code, text) in refused {
+        match c.update(request).await {
+            Err(s) => {
+                assert_eq!(s.code(), code, "{}", s.message());
+                assert!(
+                    s.message().contains(text),
+                    "message {:?} lacks {text:?}",
+                    s.message()
+                );
+            }
+            Ok(r) => panic!("accepted: {:?}", r.into_inner()),
+        }
+    }
     let after = cluster.wait_converged(Duration::from_secs(20)).await?;
     assert_eq!(
         after.digest, before.digest,

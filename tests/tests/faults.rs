@@ -10,7 +10,7 @@ use serde_json::json;
 use sharing_map::{AppName, ChangeSet, Entry, MapName, UpdateId};
 use spine_client::Client;
 use spine_proto::v1 as pb;
-use spine_tests::{Cluster, ClusterOpts, eventually, req};
+use spine_tests::{Cluster, ClusterOpts, eventually, get_map, req};
 use tonic::Code;
 
 const APP: &str = "acme-shop";
@@ -100,17 +100,7 @@ async fn killing_the_leader_repeatedly_loses_no_acknowledged_update() -> anyhow:
     for id in cluster.ids() {
         let mut c = cluster.raw(id).await?;
         for (map, version) in &last {
-            let got = c
-                .get_map(pb::GetMapRequest {
-                    app: APP.into(),
-                    map: map.to_string(),
-                    stale_ok: true,
-                    keys: vec![],
-                })
-                .await?
-                .into_inner()
-                .map
-                .ok_or_else(|| anyhow::anyhow!("no map"))?;
+            let got = get_map(&mut c, APP, map.as_str(), true).await?;
             assert_eq!(got.version, *version, "node {id}, {map}");
             let keys: Vec<String> = got.entries.iter().map(|e| e.key.clone()).collect();
             for v in 0..*version {
@@ -193,43 +183,19 @@ async fn a_cut_off_node_accepts_no_write_and_catches_up_after_healing() -> anyho
     let during = isolated.digest(pb::DigestRequest {}).await?.into_inner();
     assert_eq!(during.digest, cut_digest.digest);
     assert!(
-        isolated
-            .get_map(pb::GetMapRequest {
-                app: APP.into(),
-                map: "bob-tv-main".into(),
-                stale_ok: false,
-                keys: vec![]
-            })
+        get_map(&mut isolated, APP, "bob-tv-main", false)
             .await
-            .is_err_and(|s| s.code() == Code::Unavailable),
+            .is_err_and(|e| e
+                .downcast_ref::<tonic::Status>()
+                .is_some_and(|s| s.code() == Code::Unavailable)),
         "a cut-off node served a linearizable read"
     );
     cluster.heal(cut);
     let healed = cluster.wait_converged(Duration::from_secs(30)).await?;
     assert_ne!(healed.digest, cut_digest.digest);
-    let main = isolated
-        .get_map(pb::GetMapRequest {
-            app: APP.into(),
-            map: "bob-tv-main".into(),
-            stale_ok: true,
-            keys: vec![],
-        })
-        .await?
-        .into_inner()
-        .map
-        .ok_or_else(|| anyhow::anyhow!("no map"))?;
+    let main = get_map(&mut isolated, APP, "bob-tv-main", true).await?;
     assert_eq!(main.version, 20);
-    let iso = isolated
-        .get_map(pb::GetMapRequest {
-            app: APP.into(),
-            map: "bob-tv-iso".into(),
-            stale_ok: true,
-            keys: vec![],
-        })
-        .await?
-        .into_inner()
-        .map
-        .ok_or_else(|| anyhow::anyhow!("no map"))?;
+    let iso = get_map(&mut isolated, APP, "bob-tv-iso", true).await?;
     assert_eq!(iso.version, 0, "the refused write must never commit");
     Ok(())
 }
