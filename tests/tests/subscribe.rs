@@ -188,6 +188,9 @@ async fn resuming_beyond_retained_history_gives_a_snapshot_then_deltas() -> anyh
     assert_eq!(next_versions(&mut recent).await?, ["d21"]);
     // Updates of several maps committed together arrive together.
     c.create_map(req::create(APP, "bob-tv-y")).await?;
+    // The subscription goes to node 3; let it apply the creation first, so both maps are in
+    // the first event.
+    cluster.wait_converged(Duration::from_secs(20)).await?;
     let mut both = open(
         &mut follower,
         vec![pb::Subscription {
