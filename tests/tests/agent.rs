@@ -54,6 +54,10 @@ async fn isolation_and_fairness() -> anyhow::Result<()> {
     write(&client, &app, &map, 0, 1).await?;
     let agent = Agent::connect(vec![cluster.endpoint(2)], fast_agent()).await?;
     let mut replica = agent.replica(&app, &map).await?;
+    // The agent's node may have sent version 0 first; hold a version with values in it.
+    while replica.version() < 1 {
+        replica.changed().await?;
+    }
     let held = replica.pin();
     let held_version = held.version();
     let writer = {
