@@ -56,13 +56,21 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let result = match Cli::parse().command {
-        Command::Suite(args) => run_suite(*args).await,
-        Command::Propagation {
-            agents,
-            updates,
-            memory_maps,
-        } => propagation(&agents, updates, memory_maps).await,
+    let command = async {
+        match Cli::parse().command {
+            Command::Suite(args) => run_suite(*args).await,
+            Command::Propagation {
+                agents,
+                updates,
+                memory_maps,
+            } => propagation(&agents, updates, memory_maps).await,
+        }
+    };
+    // On Ctrl-C or SIGTERM the command is dropped, and with it the clusters: their processes
+    // are killed rather than left running.
+    let result = tokio::select! {
+        result = command => result,
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}; clusters stopped")),
     };
     match result {
         Ok(code) => code,
@@ -70,6 +78,18 @@ async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn interrupted() -> &'static str {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "Ctrl-C";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        _ = term.recv() => "SIGTERM",
     }
 }
 

@@ -48,6 +48,13 @@ pub struct SuiteArgs {
     /// Run only these workloads (write, propagation, fan-out, catch-up).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Measure only these systems (spine, etcd), e.g. while profiling one of them.
+    #[arg(long, value_delimiter = ',', default_value = "etcd,spine")]
+    pub systems: Vec<String>,
+    /// Diagnostics: the node agents' lag probe period in seconds (default: the agent's own,
+    /// 5 s). Every probe lists all maps of the app.
+    #[arg(long)]
+    pub agent_lag_probe_secs: Option<f64>,
     /// Write workload: concurrent writers per run [full: 1,16,256,1000].
     #[arg(long, value_delimiter = ',')]
     pub writers: Option<Vec<usize>>,
@@ -261,6 +268,18 @@ fn order(k: usize) -> [System; 2] {
     }
 }
 
+/// [`order`] without the systems left out with `--systems`.
+fn systems(args: &SuiteArgs, k: usize) -> Vec<System> {
+    order(k)
+        .into_iter()
+        .filter(|s| {
+            args.systems
+                .iter()
+                .any(|w| w.eq_ignore_ascii_case(s.name()))
+        })
+        .collect()
+}
+
 fn wanted(args: &SuiteArgs, workload: &str) -> bool {
     args.only.is_empty() || args.only.iter().any(|w| w == workload)
 }
@@ -321,6 +340,13 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
     } else {
         SpineTarget::existing(args.spine_endpoints.clone()).await?
     };
+    spine.agent_lag_probe = args.agent_lag_probe_secs.map(Duration::from_secs_f64);
+    if let Some(secs) = args.agent_lag_probe_secs {
+        setup.insert(
+            "diagnostics",
+            format!("node agents' lag probe every {secs} s instead of the default 5 s"),
+        );
+    }
     eprintln!(
         "etcd at {} (leader first), Spine at {} (leader first)",
         etcd.endpoints.join(","),
@@ -364,8 +390,8 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
         let app = rec.app("write")?;
         let seconds = Duration::from_secs_f64(params.write_seconds);
         for (k, &n) in params.writers.iter().enumerate() {
-            let parameter = format!("{n} writers");
-            for system in order(k) {
+            let parameter = plural(n, "writer");
+            for system in systems(&args, k) {
                 match system {
                     System::Etcd => {
                         let run = workload::write::etcd(&etcd, &prefix, n, seconds);
@@ -384,8 +410,8 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
     if wanted(&args, "propagation") {
         let app = rec.app("prop")?;
         for (k, &n) in params.subscribers.iter().enumerate() {
-            let parameter = format!("{n} subscribers");
-            for system in order(k) {
+            let parameter = plural(n, "subscriber");
+            for system in systems(&args, k) {
                 match system {
                     System::Etcd => {
                         let run = workload::propagation::etcd(&etcd, &prefix, n, params.updates);
@@ -408,7 +434,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
             "{} subscribers × {} of {} maps",
             shape.subscribers, shape.per_subscriber, shape.maps
         );
-        for system in order(0) {
+        for system in systems(&args, 0) {
             match system {
                 System::Etcd => {
                     let run = fanout::etcd(&etcd, &prefix, shape);
@@ -433,7 +459,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
             let parameter = format!("{} updates over {maps} maps", shape.updates);
             let prefix = format!("{prefix}/k{maps}");
             // The other order than fan-out's.
-            for system in order(k + 1) {
+            for system in systems(&args, k + 1) {
                 match system {
                     System::Etcd => {
                         let run = catchup::etcd(&etcd, &prefix, shape);
@@ -494,4 +520,13 @@ pub fn write_outputs(report: &SuiteReport, dir: &std::path::Path) -> anyhow::Res
         written.push(path);
     }
     Ok(written)
+}
+
+/// "1 writer", "16 writers".
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }

@@ -23,6 +23,8 @@ pub struct SpineTarget {
     pub endpoints: Vec<String>,
     /// Server processes, when the tool started them.
     pub procs: ServerProcs,
+    /// Diagnostics: the node agents' lag probe period, instead of the agent's default.
+    pub agent_lag_probe: Option<Duration>,
 }
 
 /// What one benchmark connection to the Spine is made of.
@@ -59,6 +61,7 @@ impl SpineTarget {
         let mut target = SpineTarget {
             endpoints: addrs,
             procs,
+            agent_lag_probe: None,
         };
         if let Err(e) = target.order_leader_first().await {
             bail!("{e:#}\n{}", target.procs.log_tails(10));
@@ -71,6 +74,7 @@ impl SpineTarget {
         let mut target = SpineTarget {
             endpoints,
             procs: ServerProcs::default(),
+            agent_lag_probe: None,
         };
         target.order_leader_first().await?;
         Ok(target)
@@ -80,11 +84,15 @@ impl SpineTarget {
     /// endpoint `i mod 3` of the leader-first list.
     pub fn access(&self, i: usize) -> SpineAccess {
         let endpoints = rotated(&self.endpoints, i);
+        let mut agent = AgentConfig::default();
+        if let Some(probe) = self.agent_lag_probe {
+            agent.lag_probe = probe;
+        }
         SpineAccess {
             client: Client::builder(endpoints.clone())
                 .timeout(CALL_TIMEOUT)
                 .attempt_timeout(ATTEMPT_TIMEOUT),
-            agent: AgentConfig::default(),
+            agent,
             endpoints,
         }
     }

@@ -108,7 +108,13 @@ pub async fn spine(target: &SpineTarget, app: &AppName, shape: Shape) -> anyhow:
     let names: Vec<MapName> = (0..shape.maps)
         .map(|i| MapName::parse(&format!("fan-m{i}-m")))
         .collect::<Result<_, _>>()?;
+    let began = Instant::now();
     let writers = load::spine_writers(target, app, names.clone()).await?;
+    eprintln!(
+        "    Spine: created {} maps ({:.1}s)",
+        shape.maps,
+        began.elapsed().as_secs_f64()
+    );
     let pids = target.procs.pids();
     let before = rss(&pids)?;
     let agents: Vec<(Agent, Vec<Replica>)> = futures::stream::iter(0..shape.subscribers)
@@ -132,9 +138,10 @@ pub async fn spine(target: &SpineTarget, app: &AppName, shape: Shape) -> anyhow:
         .await?;
     let after = rss(&pids)?;
     eprintln!(
-        "    Spine: {} agents follow {} maps each; bursting {} updates",
+        "    Spine: {} agents follow {} maps each ({:.1}s); bursting {} updates",
         agents.len(),
         shape.per_subscriber,
+        began.elapsed().as_secs_f64(),
         shape.maps
     );
     let waiters = agents
@@ -164,7 +171,13 @@ pub async fn etcd(target: &EtcdTarget, prefix: &str, shape: Shape) -> anyhow::Re
     let keys: Vec<Vec<u8>> = (0..shape.maps)
         .map(|i| format!("{prefix}/fan/m{i}").into_bytes())
         .collect();
+    let began = Instant::now();
     let writers = load::etcd_writers(target, keys.clone()).await?;
+    eprintln!(
+        "    etcd: put {} keys ({:.1}s)",
+        shape.maps,
+        began.elapsed().as_secs_f64()
+    );
     let pids = target.procs.pids();
     let before = rss(&pids)?;
     let keys = &keys;
@@ -187,9 +200,10 @@ pub async fn etcd(target: &EtcdTarget, prefix: &str, shape: Shape) -> anyhow::Re
         .await?;
     let after = rss(&pids)?;
     eprintln!(
-        "    etcd: {} watch streams with {} watchers each; bursting {} updates",
+        "    etcd: {} watch streams with {} watchers each ({:.1}s); bursting {} updates",
         streams.len(),
         shape.per_subscriber,
+        began.elapsed().as_secs_f64(),
         shape.maps
     );
     let waiters = streams
