@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use node_agent::{Agent, AgentConfig};
+use node_agent::Agent;
 use serde_json::json;
 use sharing_map::{AppName, ChangeSet, Entry, MapName, UpdateId};
-use spine_client::Client;
 use spine_tests::{Cluster, ClusterOpts};
 
 /// Spine cluster benchmarks.
@@ -71,9 +70,18 @@ async fn propagation(
     memory_maps: usize,
 ) -> anyhow::Result<()> {
     eprintln!("starting a 3-node cluster ...");
-    let cluster = Cluster::start(3, ClusterOpts { args: vec![] }).await?;
+    let cluster = Cluster::start(
+        3,
+        ClusterOpts {
+            args: vec![],
+            ..ClusterOpts::default()
+        },
+    )
+    .await?;
     let app = AppName::parse("bench-app")?;
-    let client = Client::builder(cluster.endpoints())
+    let agent_config = cluster.agent_config();
+    let client = cluster
+        .client_builder()
         .timeout(Duration::from_secs(30))
         .build()?;
     println!("| agents | updates | p50 ms | p99 ms | max ms |");
@@ -88,7 +96,7 @@ async fn propagation(
                 e.rotate_left(i % 3);
                 e
             };
-            let agent = Agent::connect(endpoints, AgentConfig::default()).await?;
+            let agent = Agent::connect(endpoints, agent_config.clone()).await?;
             replicas.push((agent.clone(), agent.replica(&app, &map).await?));
         }
         let mut hist = Histogram::<u64>::new(3)?;
@@ -142,7 +150,7 @@ async fn propagation(
         }
     });
     futures::future::try_join_all(creates).await?;
-    let agent = Agent::connect(cluster.endpoints(), AgentConfig::default()).await?;
+    let agent = Agent::connect(cluster.endpoints(), cluster.agent_config()).await?;
     let warm = agent.replica(&app, &names[0]).await?;
     let before = rss_bytes()?;
     let opens = names[1..].iter().map(|m| agent.replica(&app, m));

@@ -12,6 +12,7 @@ use tokio::process::Command;
 
 struct Ctl {
     endpoints: String,
+    token: String,
 }
 
 struct Out {
@@ -25,6 +26,7 @@ impl Ctl {
         let out = Command::new(bin("spinectl")?)
             .args(["--endpoints", &self.endpoints, "--app", "acme-shop"])
             .args(args)
+            .env("SPINE_TOKEN", &self.token)
             .stdin(Stdio::null())
             .output()
             .await?;
@@ -68,6 +70,7 @@ async fn a_user_creates_puts_reads_calls_and_watches_with_spinectl() -> anyhow::
     let cluster = Cluster::start(3, ClusterOpts::default()).await?;
     let ctl = Ctl {
         endpoints: cluster.endpoints().join(","),
+        token: cluster.token(),
     };
     let map = "alice-phone-prices";
     ctl.ok(&["map", "create", map]).await?;
@@ -83,6 +86,7 @@ async fn a_user_creates_puts_reads_calls_and_watches_with_spinectl() -> anyhow::
             "json",
         ])
         .args(["map", "watch", map])
+        .env("SPINE_TOKEN", &ctl.token)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -167,6 +171,7 @@ async fn a_user_creates_puts_reads_calls_and_watches_with_spinectl() -> anyhow::
         .await?;
     let down = Ctl {
         endpoints: format!("127.0.0.1:{}", free_port()?),
+        token: cluster.token(),
     };
     down.fails(&["--timeout", "2", "map", "get", map], "spine dev")
         .await?;

@@ -47,6 +47,15 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
     pub output: Output,
 
+    /// Token presented with every request (URL-safe base64) [default: --token-file, else
+    /// ./spine-data/admin.token when `spine dev` runs in this directory]
+    #[arg(long, global = true, env = "SPINE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// File holding the token (`spine init` writes an admin token to DIR/admin.token).
+    #[arg(long, global = true, env = "SPINE_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+
     /// Seconds a request may take, retries on other endpoints included.
     #[arg(long, global = true, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
     pub timeout: Duration,

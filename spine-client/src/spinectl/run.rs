@@ -15,7 +15,12 @@ use super::{load, render};
 
 /// Runs the command the command line names.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::with_timeout(cli.endpoints.clone(), cli.timeout)?;
+    let mut builder = Client::builder(cli.endpoints.clone()).timeout(cli.timeout);
+    if let Some(token) = spine_client::resolve_token(cli.token.clone(), cli.token_file.as_deref())?
+    {
+        builder = builder.token(token);
+    }
+    let client = builder.build()?;
     let out = Printer(cli.output);
     match cli.command {
         Command::Map(command) => {
