@@ -1009,7 +1009,7 @@ mod tests {
         let root = RootKey::generate();
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let alice = issue(&root, &Constraints::any().ca_owner("alice"))?;
-        let tokens = vec![
+        let tokens = [
             issue(&root, &Constraints::any())?,
             alice.clone(),
             attenuate(
