@@ -46,6 +46,7 @@
 //! # }
 //! ```
 
+pub mod acl;
 mod client;
 mod cluster;
 pub mod convert;

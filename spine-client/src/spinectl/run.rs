@@ -28,6 +28,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             run_map(&client, &app, out, command).await
         }
         Command::Cluster(command) => run_cluster(&client, out, command).await,
+        Command::Acl(command) => {
+            let app = AppName::parse(&cli.app)?;
+            super::security::run_acl(&client, &app, cli.output, command).await
+        }
+        Command::Token(command) => super::security::run_token(cli.output, command),
         Command::Load(args) => {
             let app = AppName::parse(&cli.app)?;
             load::run(&client, &app, cli.output, &args).await
