@@ -91,8 +91,8 @@ pub use rules::{
     SYSTEM_METHOD_PREFIX,
 };
 pub use token::{
-    ConstraintKind, Constraints, Principal, RootKey, RootPublicKey, Token, TokenError, attenuate,
-    inspect, issue, verify,
+    Authenticated, ConstraintKind, Constraints, Principal, RootKey, RootPublicKey, Token,
+    TokenError, Verifier, attenuate, inspect, issue, verify,
 };
 
 /// Every error of this crate.

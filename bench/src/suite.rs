@@ -35,6 +35,13 @@ pub struct SuiteArgs {
     /// Use this running Spine cluster (comma-separated endpoints) instead of starting one.
     #[arg(long, value_delimiter = ',')]
     pub spine_endpoints: Vec<String>,
+    /// Token for `--spine-endpoints` (URL-safe base64; an admin token, since the suite creates
+    /// apps and maps); none for a `--no-auth` cluster.
+    #[arg(long, env = "SPINE_TOKEN", hide_env_values = true)]
+    pub spine_token: Option<String>,
+    /// File holding the token for `--spine-endpoints` (`spine init` writes DIR/admin.token).
+    #[arg(long, env = "SPINE_TOKEN_FILE", value_name = "FILE")]
+    pub spine_token_file: Option<PathBuf>,
     /// Use this running etcd cluster (comma-separated client endpoints) instead of starting one.
     #[arg(long, value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
@@ -338,7 +345,17 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
         eprintln!("starting 3 Spine nodes ...");
         SpineTarget::start(tmp.path()).await?
     } else {
-        SpineTarget::existing(args.spine_endpoints.clone()).await?
+        let token = match (&args.spine_token, &args.spine_token_file) {
+            (Some(t), _) => Some(t.trim().to_string()),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("reading --spine-token-file {}", file.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        SpineTarget::existing(args.spine_endpoints.clone(), token).await?
     };
     spine.agent_lag_probe = args.agent_lag_probe_secs.map(Duration::from_secs_f64);
     if let Some(secs) = args.agent_lag_probe_secs {
@@ -359,11 +376,11 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
             command_line(&std::env::args().skip(1).collect::<Vec<_>>())
         ),
     );
-    setup.insert("etcd", format!("{}; 3 members on loopback, default settings (fsync on, no auto-compaction), --log-level warn", etcd.version));
+    setup.insert("etcd", format!("{}; 3 members on loopback, default settings (fsync on, no auto-compaction, no authentication), --log-level warn", etcd.version));
     setup.insert(
         "Spine",
         format!(
-            "spine-bench {} (release build); 3 `spine serve` nodes on loopback, default settings (fsync on), RUST_LOG=warn",
+            "spine-bench {} (release build); 3 `spine serve` nodes on loopback, default settings (fsync on, token authentication on: every request carries the admin token), RUST_LOG=warn",
             env!("CARGO_PKG_VERSION")
         ),
     );

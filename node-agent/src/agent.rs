@@ -28,6 +28,9 @@ pub struct AgentConfig {
     /// How long the subscription keeps trying to resume on other nodes before it reports the
     /// Spine unavailable (it keeps trying after that; readers keep their snapshots).
     pub resume_deadline: Duration,
+    /// The token the agent presents to the Spine (URL-safe base64); it must admit the apps whose
+    /// maps the agent reads.
+    pub token: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -39,6 +42,7 @@ impl Default for AgentConfig {
             no_exec: false,
             lag_probe: Duration::from_secs(5),
             resume_deadline: Duration::from_secs(30),
+            token: None,
         }
     }
 }
@@ -114,9 +118,11 @@ impl std::fmt::Debug for Cmd {
 impl Agent {
     /// Connects to the Spine at `endpoints` (any nodes; it fails over between them).
     pub async fn connect(endpoints: Vec<String>, cfg: AgentConfig) -> Result<Agent, AgentError> {
-        let client = Client::builder(endpoints)
-            .resume_deadline(cfg.resume_deadline)
-            .build()?;
+        let mut builder = Client::builder(endpoints).resume_deadline(cfg.resume_deadline);
+        if let Some(token) = &cfg.token {
+            builder = builder.token(token.clone());
+        }
+        let client = builder.build()?;
         let subscription = client.subscribe(Vec::new()).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(false);

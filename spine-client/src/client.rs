@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use spine_proto::v1::spine_client::SpineClient;
 use tokio::time::Instant;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::ClientError;
@@ -45,18 +47,95 @@ struct Inner {
     /// Index (modulo the number of nodes) of the endpoint calls start with.
     current: AtomicUsize,
     settings: Settings,
+    credentials: Credentials,
 }
+
+/// The metadata name tokens travel in.
+pub const TOKEN_METADATA: &str = "authorization";
+
+/// Adds the client's token to every request (`authorization: Bearer <token>`).
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl Credentials {
+    /// Credentials presenting `token` (URL-safe base64, as `spinectl token issue` prints it).
+    pub fn token(token: &str) -> Result<Self, ClientError> {
+        let token = token.trim();
+        let invalid = |reason: &str| ClientError::InvalidToken {
+            reason: reason.to_string(),
+        };
+        if token.is_empty() {
+            return Err(invalid("the token is empty"));
+        }
+        let header = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| invalid("a token is base64 text; this contains other characters"))?;
+        Ok(Self {
+            header: Some(header),
+        })
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(header) = &self.header {
+            request
+                .metadata_mut()
+                .insert(TOKEN_METADATA, header.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Where `spine dev` (run in the current directory) writes its admin token.
+pub const DEV_TOKEN_FILE: &str = "spine-data/admin.token";
+
+/// The token a command-line tool should use: `token` if given, else the contents of
+/// `token_file` if given, else `spine dev`'s admin token if the current directory has one, else
+/// none. A token file that cannot be read is an error rather than a silent fallback.
+pub fn resolve_token(
+    token: Option<String>,
+    token_file: Option<&std::path::Path>,
+) -> Result<Option<String>, ClientError> {
+    if let Some(t) = token.filter(|t| !t.trim().is_empty()) {
+        return Ok(Some(t.trim().to_string()));
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map(|t| Some(t.trim().to_string()))
+            .map_err(|e| ClientError::InvalidToken {
+                reason: format!("cannot read token file {}: {e}", path.display()),
+            })
+    };
+    if let Some(path) = token_file {
+        return read(path);
+    }
+    let dev = std::path::Path::new(DEV_TOKEN_FILE);
+    if dev.exists() {
+        return read(dev);
+    }
+    Ok(None)
+}
+
+/// A gRPC client of one node that presents the client's token.
+pub(crate) type Rpc = SpineClient<InterceptedService<Channel, Credentials>>;
 
 #[derive(Debug)]
 pub(crate) struct Node {
     /// The endpoint as the user gave it, for messages.
     pub(crate) addr: String,
     channel: Channel,
+    credentials: Credentials,
 }
 
 impl Node {
-    pub(crate) fn rpc(&self) -> SpineClient<Channel> {
-        SpineClient::new(self.channel.clone())
+    pub(crate) fn rpc(&self) -> Rpc {
+        SpineClient::with_interceptor(self.channel.clone(), self.credentials.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
@@ -75,9 +154,16 @@ pub(crate) struct Settings {
 pub struct ClientBuilder {
     endpoints: Vec<String>,
     settings: Settings,
+    token: Option<String>,
 }
 
 impl ClientBuilder {
+    /// Presents `token` (URL-safe base64) with every request. Without one, only health checks
+    /// succeed against a Spine with authentication on.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
     /// Overall deadline of one call, retries on other endpoints included (default 10 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.settings.timeout = timeout;
@@ -106,6 +192,10 @@ impl ClientBuilder {
                 reason: "no endpoints given".into(),
             });
         }
+        let credentials = match &self.token {
+            Some(t) => Credentials::token(t)?,
+            None => Credentials::default(),
+        };
         let nodes = self
             .endpoints
             .iter()
@@ -113,6 +203,7 @@ impl ClientBuilder {
                 Ok(Node {
                     addr: addr.clone(),
                     channel: lazy_channel(addr, &self.settings)?,
+                    credentials: credentials.clone(),
                 })
             })
             .collect::<Result<Vec<_>, ClientError>>()?;
@@ -121,6 +212,7 @@ impl ClientBuilder {
                 nodes,
                 current: AtomicUsize::new(0),
                 settings: self.settings,
+                credentials,
             }),
         })
     }
@@ -190,6 +282,7 @@ impl Client {
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 resume_deadline: DEFAULT_RESUME_DEADLINE,
             },
+            token: None,
         }
     }
 
@@ -226,7 +319,7 @@ impl Client {
     /// the call's deadline.
     pub(crate) async fn call<T, F, Fut>(&self, mut attempt: F) -> Result<T, ClientError>
     where
-        F: FnMut(SpineClient<Channel>) -> Fut,
+        F: FnMut(Rpc) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let settings = self.inner.settings;
@@ -268,7 +361,7 @@ impl Client {
         attempt: F,
     ) -> Result<T, ClientError>
     where
-        F: FnOnce(SpineClient<Channel>) -> Fut,
+        F: FnOnce(Rpc) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let settings = self.inner.settings;
@@ -282,6 +375,7 @@ impl Client {
             None => Node {
                 addr: endpoint.to_string(),
                 channel: lazy_channel(endpoint, &settings)?,
+                credentials: self.inner.credentials.clone(),
             }
             .rpc(),
         };

@@ -37,6 +37,12 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The token given to the client cannot be sent.
+    #[error("invalid token: {reason}")]
+    InvalidToken {
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -46,7 +52,9 @@ impl ClientError {
             ClientError::Status { code, .. } => *code,
             ClientError::Unavailable { .. } => Code::Unavailable,
             ClientError::Convert(_) => Code::Internal,
-            ClientError::Name(_) | ClientError::InvalidEndpoint { .. } => Code::InvalidArgument,
+            ClientError::Name(_)
+            | ClientError::InvalidEndpoint { .. }
+            | ClientError::InvalidToken { .. } => Code::InvalidArgument,
         }
     }
 

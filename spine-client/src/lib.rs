@@ -46,6 +46,7 @@
 //! # }
 //! ```
 
+pub mod acl;
 mod client;
 mod cluster;
 pub mod convert;
@@ -55,8 +56,8 @@ mod resume;
 mod subscribe;
 
 pub use client::{
-    Client, ClientBuilder, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_RESUME_DEADLINE, DEFAULT_TIMEOUT,
+    Client, ClientBuilder, Credentials, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_RESUME_DEADLINE, DEFAULT_TIMEOUT, DEV_TOKEN_FILE, TOKEN_METADATA, resolve_token,
 };
 pub use cluster::{ClusterStatus, NodeDigest, NodeInfo};
 pub use error::ClientError;

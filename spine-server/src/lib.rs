@@ -16,6 +16,7 @@
 //! - [`node`]: the Raft loop (pre-vote, check-quorum, group commit, ReadIndex, membership).
 //! - [`transport`]: batched Raft messages between nodes over gRPC.
 //! - [`service`] and [`subscribe`]: the client API.
+//! - [`auth`]: tokens checked on every request; who may write, read and administer.
 //! - [`server`]: wiring; the `spine` binary (`spine serve`, `spine dev`) is in `main.rs`.
 //!
 //! A node can be embedded:
@@ -30,6 +31,7 @@
 //!     join: false,
 //!     data_dir: "/tmp/spine-node1".into(),
 //!     metrics_listen: None,
+//!     security: spine_server::server::Security::disabled(),
 //! })
 //! .await?;
 //! server.stop().await;
@@ -37,6 +39,8 @@
 //! # }
 //! ```
 
+pub mod auth;
+pub mod credentials;
 pub mod logging;
 pub mod metrics;
 pub mod node;

@@ -8,8 +8,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use sharing_map::Limits;
+use std::sync::Arc;
+
+use authz_aggregate::Verifier;
+use spine_server::auth::Auth;
+use spine_server::credentials;
 use spine_server::node::NodeConfig;
-use spine_server::server::{self, ServeConfig};
+use spine_server::server::{self, Security, ServeConfig};
 use spine_server::state::ApplyConfig;
 
 /// Spine: the Raft-replicated master store for Sharing Maps.
@@ -17,7 +22,7 @@ use spine_server::state::ApplyConfig;
 #[command(
     version,
     about,
-    after_help = "Examples:\n  spine dev                      # a local 3-node cluster in ./spine-data\n  spine serve --id 1 --listen 127.0.0.1:7401 --data-dir /var/lib/spine/1 \\\n      --peer 1=127.0.0.1:7401 --peer 2=127.0.0.1:7402 --peer 3=127.0.0.1:7403\n\nLogs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change the level."
+    after_help = "Examples:\n  spine dev                      # a local 3-node cluster in ./spine-data\n  spine init --dir creds         # root key pair + admin token\n  spine serve --id 1 --listen 127.0.0.1:7401 --data-dir /var/lib/spine/1 \\\n      --root-key-file creds/root.pub --peer-token-file creds/admin.token \\\n      --peer 1=127.0.0.1:7401 --peer 2=127.0.0.1:7402 --peer 3=127.0.0.1:7403\n\nLogs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change the level."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,6 +36,66 @@ enum Command {
     Serve(ServeArgs),
     /// Run a local 3-node cluster (the embedded default), resuming from its data directory.
     Dev(DevArgs),
+    /// Create a deployment's root key pair and an admin token (never overwrites).
+    Init(InitArgs),
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// Directory for root.key (keep it secret), root.pub (give it to every node) and
+    /// admin.token.
+    #[arg(long, default_value = "spine-credentials")]
+    dir: PathBuf,
+}
+
+/// How a node authenticates requests.
+#[derive(Args, Debug, Clone)]
+struct AuthArgs {
+    /// Public root key (hex) that every request's token is checked against; `spine init`
+    /// writes it to DIR/root.pub.
+    #[arg(
+        long,
+        env = "SPINE_ROOT_KEY_FILE",
+        value_name = "FILE",
+        required_unless_present = "no_auth"
+    )]
+    root_key_file: Option<PathBuf>,
+    /// Admin token this node presents to its peers; `spine init` writes one to
+    /// DIR/admin.token.
+    #[arg(
+        long,
+        env = "SPINE_PEER_TOKEN_FILE",
+        value_name = "FILE",
+        required_unless_present = "no_auth"
+    )]
+    peer_token_file: Option<PathBuf>,
+    /// Accept every request without a token. Local experiments only: anyone who can reach the
+    /// port can write any map and change membership.
+    #[arg(long, env = "SPINE_NO_AUTH", conflicts_with_all = ["root_key_file", "peer_token_file"])]
+    no_auth: bool,
+}
+
+impl AuthArgs {
+    fn security(&self) -> anyhow::Result<Security> {
+        if self.no_auth {
+            tracing::warn!("authentication is off (--no-auth): every request is allowed");
+            return Ok(Security::disabled());
+        }
+        let (Some(key), Some(token)) = (&self.root_key_file, &self.peer_token_file) else {
+            bail!("give --root-key-file and --peer-token-file (see `spine init`), or --no-auth");
+        };
+        let root = credentials::read_root_public(key)?;
+        let peer_token = credentials::read_token(token)?;
+        // A node whose own token would be refused by its peers cannot form a cluster.
+        let verifier = Verifier::new(root);
+        verifier
+            .authenticate(&peer_token)
+            .with_context(|| format!("{}: not a token of this root key", token.display()))?;
+        Ok(Security {
+            auth: Auth::Tokens(Arc::new(verifier)),
+            peer_token: Some(peer_token),
+        })
+    }
 }
 
 /// Settings shared by `serve` and `dev`.
@@ -111,6 +176,8 @@ struct ServeArgs {
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     tuning: Tuning,
+    #[command(flatten)]
+    auth: AuthArgs,
 }
 
 #[derive(Args, Debug)]
@@ -151,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Dev(args) => dev(args).await,
+        Command::Init(args) => init(&args),
     }
 }
 
@@ -229,6 +297,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         join: args.join,
         data_dir: args.data_dir.clone(),
         metrics_listen: args.metrics_listen,
+        security: args.auth.security()?,
     })
     .await
     .with_context(|| format!("starting node {}", args.id))?;
@@ -249,6 +318,14 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         .map(|(i, p)| (i as u64 + 1, format!("127.0.0.1:{p}")))
         .collect();
     let resuming = args.data_dir.exists();
+    let (creds, _) = credentials::init(&args.data_dir)
+        .with_context(|| format!("creating credentials in {}", args.data_dir.display()))?;
+    let security = AuthArgs {
+        root_key_file: Some(creds.root_pub.clone()),
+        peer_token_file: Some(creds.admin_token.clone()),
+        no_auth: false,
+    }
+    .security()?;
     let mut servers = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let id = i as u64 + 1;
@@ -259,6 +336,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             join: false,
             data_dir: args.data_dir.join(format!("node{id}")),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], port + 10))),
+            security: security.clone(),
         })
         .await
         .with_context(|| {
@@ -282,6 +360,11 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     }
     println!("export SPINE_ENDPOINTS={}", endpoints.join(","));
     println!(
+        "admin token {} (spinectl run from this directory finds it), root key {}",
+        creds.admin_token.display(),
+        creds.root_key.display()
+    );
+    println!(
         "Press Ctrl-C to stop; data stays in {} for the next run.",
         args.data_dir.display()
     );
@@ -290,6 +373,33 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     for s in servers {
         s.stop().await;
     }
+    Ok(())
+}
+
+fn init(args: &InitArgs) -> anyhow::Result<()> {
+    let (paths, created) = credentials::init(&args.dir)
+        .with_context(|| format!("creating credentials in {}", args.dir.display()))?;
+    println!(
+        "{} {}:",
+        if created {
+            "created"
+        } else {
+            "kept the existing credentials in"
+        },
+        args.dir.display()
+    );
+    println!(
+        "  {}  root private key: keep it secret (spinectl token issue --root-key-file)",
+        paths.root_key.display()
+    );
+    println!(
+        "  {}  root public key: every node's --root-key-file",
+        paths.root_pub.display()
+    );
+    println!(
+        "  {}  admin token: every node's --peer-token-file, and spinectl's --token-file for admin calls",
+        paths.admin_token.display()
+    );
     Ok(())
 }
 
@@ -324,7 +434,7 @@ mod tests {
         let file = dir.path().join("spine.toml");
         std::fs::write(
             &file,
-            "id = 3\ndata_dir = \"/data/3\"\npeer = [\"1=a:1\", \"3=c:3\"]\nhistory = 50\njoin = false\n",
+            "id = 3\ndata_dir = \"/data/3\"\npeer = [\"1=a:1\", \"3=c:3\"]\nhistory = 50\njoin = false\nno_auth = true\n",
         )?;
         let args: Vec<std::ffi::OsString> = ["spine", "serve", "--config"]
             .iter()
@@ -358,6 +468,7 @@ mod tests {
             "1=a:1",
             "--peer",
             "2=b:2",
+            "--no-auth",
         ]);
         assert!(
             cli.is_ok_and(|c| matches!(c.command, Command::Serve(ref s) if s.peers.len() == 2))

@@ -11,7 +11,11 @@ use spine_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 
+use authz_aggregate::Token;
+
+use crate::auth::Auth;
 use crate::metrics::Metrics;
 use crate::node::{self, NodeConfig, NodeHandle};
 use crate::service::SpineService;
@@ -37,6 +41,27 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Authentication, the token for peers, TLS.
+    pub security: Security,
+}
+
+/// How a node authenticates requests and talks to its peers.
+#[derive(Clone, Debug)]
+pub struct Security {
+    /// How requests are checked.
+    pub auth: Auth,
+    /// The admin token this node presents to its peers (required when `auth` checks tokens).
+    pub peer_token: Option<Token>,
+}
+
+impl Security {
+    /// No authentication (local experiments and embedding only).
+    pub fn disabled() -> Self {
+        Self {
+            auth: Auth::Disabled,
+            peer_token: None,
+        }
+    }
 }
 
 /// Why a node could not start.
@@ -138,6 +163,11 @@ pub async fn start(cfg: ServeConfig) -> Result<Server, ServeError> {
         addr: cfg.listen,
         source,
     })?;
+    if matches!(cfg.security.auth, Auth::Tokens(_)) && cfg.security.peer_token.is_none() {
+        return Err(ServeError::Config(
+            "with authentication on, a node needs an admin token to present to its peers (--peer-token-file)".into(),
+        ));
+    }
     let store = Store::open(&cfg.data_dir)?;
     let voters: Vec<u64> = if cfg.join {
         Vec::new()
@@ -152,7 +182,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Server, ServeError> {
     let mut addrs = cfg.peers.clone();
     addrs.entry(id).or_insert_with(|| addr.to_string());
     let metrics = Arc::new(Metrics::new(id));
-    let transport = Transport::new(id);
+    let transport = Transport::new(id, cfg.security.peer_token.clone());
     let limits = cfg.node.apply.limits;
     let (node, node_task) = node::start(
         cfg.node.clone(),
@@ -172,16 +202,25 @@ pub async fn start(cfg: ServeConfig) -> Result<Server, ServeError> {
         .register_encoded_file_descriptor_set(spine_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
-    let spine = pb::spine_server::SpineServer::new(SpineService::new(
-        node.clone(),
-        limits,
-        metrics.clone(),
-    ))
-    .max_decoding_message_size(MAX_CLIENT_MESSAGE)
-    .max_encoding_message_size(MAX_CLIENT_MESSAGE);
-    let peer = pb::raft_peer_server::RaftPeerServer::new(PeerService::new(node.clone()))
-        .max_decoding_message_size(MAX_PEER_MESSAGE)
-        .max_encoding_message_size(MAX_PEER_MESSAGE);
+    // Everything but health goes through authentication.
+    let authenticate = cfg.security.auth.interceptor();
+    let reflection = InterceptedService::new(reflection, authenticate.clone());
+    let spine = InterceptedService::new(
+        pb::spine_server::SpineServer::new(SpineService::new(
+            node.clone(),
+            limits,
+            metrics.clone(),
+        ))
+        .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+        .max_encoding_message_size(MAX_CLIENT_MESSAGE),
+        authenticate.clone(),
+    );
+    let peer = InterceptedService::new(
+        pb::raft_peer_server::RaftPeerServer::new(PeerService::new(node.clone()))
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE),
+        authenticate,
+    );
     let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let grpc = tokio::spawn(async move {

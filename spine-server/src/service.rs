@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Access;
 use crate::metrics::Metrics;
 use crate::node::{Membership, NodeError, NodeHandle};
 use crate::state::{self, Command, MapKey, Outcome, Rejection, State};
@@ -112,11 +113,13 @@ impl pb::spine_server::Spine for SpineService {
         &self,
         request: Request<pb::CreateMapRequest>,
     ) -> Result<Response<pb::CreateMapResponse>, Status> {
+        let access = Access::of(&request)?;
         let r = request.into_inner();
         let key = MapKey {
             app: app(&r.app)?,
             map: map(&r.map)?,
         };
+        access.write(&key.app, &key.map)?;
         let initial = convert::entries_from_pb(r.initial).map_err(convert_status)?;
         state::validate_create(&key.map, &initial, &self.limits)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -138,6 +141,7 @@ impl pb::spine_server::Spine for SpineService {
         &self,
         request: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::UpdateResponse>, Status> {
+        let access = Access::of(&request)?;
         let r = request.into_inner();
         let app = app(&r.app)?;
         let change_sets = r
@@ -146,6 +150,9 @@ impl pb::spine_server::Spine for SpineService {
             .map(convert::change_set_from_pb)
             .collect::<Result<Vec<_>, _>>()
             .map_err(convert_status)?;
+        for cs in &change_sets {
+            access.write(&app, cs.map())?;
+        }
         state::validate_update(&change_sets, &self.limits).map_err(rejection_status)?;
         let (outcome, index) = self
             .node
@@ -165,8 +172,10 @@ impl pb::spine_server::Spine for SpineService {
         &self,
         request: Request<pb::GetMapRequest>,
     ) -> Result<Response<pb::GetMapResponse>, Status> {
+        let access = Access::of(&request)?;
         let r = request.into_inner();
         let (app, name) = (app(&r.app)?, map(&r.map)?);
+        access.read(&app)?;
         let state = self.read_state(r.stale_ok).await?;
         let ms = state
             .get(&app, &name)
@@ -186,8 +195,10 @@ impl pb::spine_server::Spine for SpineService {
         &self,
         request: Request<pb::ListMapsRequest>,
     ) -> Result<Response<pb::ListMapsResponse>, Status> {
+        let access = Access::of(&request)?;
         let r = request.into_inner();
         let app = app(&r.app)?;
+        access.read(&app)?;
         let state = self.read_state(r.stale_ok).await?;
         let limit = if r.limit == 0 {
             usize::MAX
@@ -210,8 +221,10 @@ impl pb::spine_server::Spine for SpineService {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let access = Access::of(&request)?;
         let r = request.into_inner();
         let (app, name) = (app(&r.app)?, map(&r.map)?);
+        access.read(&app)?;
         let state = self.read_state(r.stale_ok).await?;
         let ms = state
             .get(&app, &name)
@@ -235,12 +248,14 @@ impl pb::spine_server::Spine for SpineService {
         &self,
         request: Request<tonic::Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let access = Access::of(&request)?;
         let inbound = request.into_inner();
         // A small queue: a slow client makes its session lag behind the shared event ring, and
         // the session then replaces the backlog with snapshots.
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(crate::subscribe::run_session(
             self.node.clone(),
+            access,
             inbound,
             tx,
             self.metrics.clone(),
@@ -250,8 +265,10 @@ impl pb::spine_server::Spine for SpineService {
 
     async fn cluster_status(
         &self,
-        _request: Request<pb::ClusterStatusRequest>,
+        request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        // Any valid token may see the cluster's shape (the interceptor checked it).
+        Access::of(&request)?;
         let status = self.node.status();
         let state = self.node.state();
         Ok(Response::new(pb::ClusterStatusResponse {
@@ -268,8 +285,9 @@ impl pb::spine_server::Spine for SpineService {
 
     async fn digest(
         &self,
-        _request: Request<pb::DigestRequest>,
+        request: Request<pb::DigestRequest>,
     ) -> Result<Response<pb::DigestResponse>, Status> {
+        Access::of(&request)?.admin("the state digest")?;
         let state = self.node.state();
         Ok(Response::new(pb::DigestResponse {
             applied_index: state.applied_index,
@@ -282,6 +300,7 @@ impl pb::spine_server::Spine for SpineService {
         &self,
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        Access::of(&request)?.admin("adding a learner")?;
         let r = request.into_inner();
         if r.addr.parse::<std::net::SocketAddr>().is_err() && !r.addr.contains(':') {
             return Err(Status::invalid_argument(format!(
@@ -300,6 +319,7 @@ impl pb::spine_server::Spine for SpineService {
         &self,
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        Access::of(&request)?.admin("promoting a learner")?;
         let id = request.into_inner().id;
         self.membership(Membership::Promote { id }).await
     }
@@ -308,6 +328,7 @@ impl pb::spine_server::Spine for SpineService {
         &self,
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        Access::of(&request)?.admin("removing a node")?;
         let id = request.into_inner().id;
         self.membership(Membership::Remove { id }).await
     }
@@ -316,6 +337,7 @@ impl pb::spine_server::Spine for SpineService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        Access::of(&request)?.admin("transferring leadership")?;
         let id = request.into_inner().id;
         self.node.transfer_leader(id).await.map_err(node_status)?;
         Ok(Response::new(pb::MembershipResponse {

@@ -232,6 +232,7 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Feeds one subscription stream until the client goes away.
 pub async fn run_session(
     node: NodeHandle,
+    access: crate::auth::Access,
     mut inbound: tonic::Streaming<pb::SubscribeRequest>,
     out: mpsc::Sender<Result<pb::SubscribeEvent, tonic::Status>>,
     metrics: Arc<Metrics>,
@@ -251,6 +252,7 @@ pub async fn run_session(
                     let outs = match req.op {
                         Some(pb::subscribe_request::Op::Add(s)) => {
                             match follow_from_pb(s).and_then(|f| {
+                                access.read(&f.app)?;
                                 set.add(f, &state).map_err(tonic::Status::invalid_argument)
                             }) {
                                 Ok(outs) => outs,

@@ -29,6 +29,8 @@ struct Peer {
 /// Outgoing connections to every other member.
 pub struct Transport {
     id: u64,
+    /// The admin token presented to peers, as `authorization` metadata.
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     peers: Mutex<HashMap<u64, Peer>>,
     node: OnceLock<NodeHandle>,
 }
@@ -40,10 +42,12 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// A transport for node `id` with no peers yet.
-    pub fn new(id: u64) -> Arc<Self> {
+    /// A transport for node `id` with no peers yet, presenting `token` to them.
+    pub fn new(id: u64, token: Option<authz_aggregate::Token>) -> Arc<Self> {
+        let token = token.and_then(|t| format!("Bearer {}", t.to_base64()).parse().ok());
         Arc::new(Self {
             id,
+            token,
             peers: Mutex::new(HashMap::new()),
             node: OnceLock::new(),
         })
@@ -148,10 +152,22 @@ async fn run_peer(
         } else {
             Duration::from_secs(2)
         };
-        let ok = matches!(
-            tokio::time::timeout(limit, client.send(request)).await,
-            Ok(Ok(_))
-        );
+        let mut request = tonic::Request::new(request);
+        if let Some(token) = &transport.token {
+            request
+                .metadata_mut()
+                .insert(crate::auth::METADATA_KEY, token.clone());
+        }
+        let sent = tokio::time::timeout(limit, client.send(request)).await;
+        if let Ok(Err(status)) = &sent
+            && matches!(
+                status.code(),
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+            )
+        {
+            tracing::warn!(peer = to, %addr, error = %status.message(), "peer refused our token");
+        }
+        let ok = matches!(sent, Ok(Ok(_)));
         if has_snapshot {
             transport.report(Msg::SnapshotSent { to, ok });
         }
@@ -191,6 +207,7 @@ impl pb::raft_peer_server::RaftPeer for PeerService {
         &self,
         request: tonic::Request<pb::RaftBatch>,
     ) -> Result<tonic::Response<pb::SendAck>, tonic::Status> {
+        crate::auth::Access::of(&request)?.admin("Raft peer traffic")?;
         let batch = request.into_inner();
         for bytes in batch.messages {
             let m = Message::parse_from_bytes(&bytes).map_err(|e| {

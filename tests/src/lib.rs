@@ -23,8 +23,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
-/// A raw gRPC client of one node.
-pub type RawClient = pb::spine_client::SpineClient<Channel>;
+/// A raw gRPC client of one node (presenting a token, or none).
+pub type RawClient = pb::spine_client::SpineClient<
+    tonic::service::interceptor::InterceptedService<Channel, spine_client::Credentials>,
+>;
 
 /// Path of a workspace binary, built once per test process so a test never runs a stale one.
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
@@ -176,13 +178,60 @@ impl Drop for Proxy {
 pub struct ClusterOpts {
     /// Extra `spine serve` arguments for every node.
     pub args: Vec<String>,
+    /// Run without authentication (`--no-auth`) instead of with `spine init`'s credentials.
+    pub no_auth: bool,
 }
 
 impl Default for ClusterOpts {
     fn default() -> Self {
         Self {
             args: vec!["--tick-ms".into(), "50".into()],
+            no_auth: false,
         }
+    }
+}
+
+/// The credentials `spine init` made for a test cluster.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    /// The directory (root.key, root.pub, admin.token).
+    pub dir: PathBuf,
+    /// The admin token, URL-safe base64.
+    pub admin_token: String,
+}
+
+impl Credentials {
+    /// Runs `spine init --dir DIR`.
+    pub async fn init(dir: PathBuf) -> anyhow::Result<Self> {
+        let out = Command::new(bin("spine")?)
+            .args(["init", "--dir"])
+            .arg(&dir)
+            .output()
+            .await
+            .context("running spine init")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "spine init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let admin_token = std::fs::read_to_string(dir.join("admin.token"))
+            .context("reading admin.token")?
+            .trim()
+            .to_string();
+        Ok(Self { dir, admin_token })
+    }
+
+    /// The private root key file.
+    pub fn root_key(&self) -> PathBuf {
+        self.dir.join("root.key")
+    }
+    /// The public root key file.
+    pub fn root_pub(&self) -> PathBuf {
+        self.dir.join("root.pub")
+    }
+    /// The admin token file.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.dir.join("admin.token")
     }
 }
 
@@ -200,6 +249,7 @@ struct NodeProc {
 pub struct Cluster {
     tmp: tempfile::TempDir,
     opts: ClusterOpts,
+    creds: Credentials,
     nodes: BTreeMap<u64, NodeProc>,
     /// (from, to) -> the proxy `from` uses to reach `to`.
     proxies: HashMap<(u64, u64), Proxy>,
@@ -208,9 +258,12 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` founding nodes with ids 1..=n and waits for a leader.
     pub async fn start(n: u64, opts: ClusterOpts) -> anyhow::Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let creds = Credentials::init(tmp.path().join("credentials")).await?;
         let mut c = Self {
-            tmp: tempfile::tempdir()?,
+            tmp,
             opts,
+            creds,
             nodes: BTreeMap::new(),
             proxies: HashMap::new(),
         };
@@ -288,6 +341,14 @@ impl Cluster {
                 cmd.args(["--peer", &format!("{peer}=127.0.0.1:{port}")]);
             }
         }
+        if self.opts.no_auth {
+            cmd.arg("--no-auth");
+        } else {
+            cmd.arg("--root-key-file")
+                .arg(self.creds.root_pub())
+                .arg("--peer-token-file")
+                .arg(self.creds.admin_token_file());
+        }
         cmd.args(&self.opts.args)
             .args(&node.extra)
             .env(
@@ -350,15 +411,55 @@ impl Cluster {
         self.ids().into_iter().map(|id| self.endpoint(id)).collect()
     }
 
-    /// A raw gRPC client of one node.
+    /// The cluster's credentials (`spine init` output).
+    pub fn credentials(&self) -> &Credentials {
+        &self.creds
+    }
+
+    /// The admin token (URL-safe base64): it may do anything.
+    pub fn token(&self) -> String {
+        self.creds.admin_token.clone()
+    }
+
+    /// A client builder for every node, presenting the admin token.
+    pub fn client_builder(&self) -> spine_client::ClientBuilder {
+        spine_client::Client::builder(self.endpoints()).token(self.token())
+    }
+
+    /// A client for every node, presenting the admin token.
+    pub fn client(&self) -> anyhow::Result<spine_client::Client> {
+        Ok(self.client_builder().build()?)
+    }
+
+    /// Agent settings presenting the admin token.
+    pub fn agent_config(&self) -> node_agent::AgentConfig {
+        node_agent::AgentConfig {
+            token: Some(self.token()),
+            ..node_agent::AgentConfig::default()
+        }
+    }
+
+    /// A raw gRPC client of one node, presenting the admin token.
     pub async fn raw(&self, id: u64) -> anyhow::Result<RawClient> {
+        self.raw_with(id, Some(&self.token())).await
+    }
+
+    /// A raw gRPC client of one node, presenting `token` (or none).
+    pub async fn raw_with(&self, id: u64, token: Option<&str>) -> anyhow::Result<RawClient> {
         let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.endpoint(id)))?
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(10))
             .connect()
             .await
             .with_context(|| format!("connecting to node {id}"))?;
-        Ok(pb::spine_client::SpineClient::new(ch))
+        let credentials = match token {
+            Some(t) => spine_client::Credentials::token(t)?,
+            None => spine_client::Credentials::default(),
+        };
+        Ok(pb::spine_client::SpineClient::with_interceptor(
+            ch,
+            credentials,
+        ))
     }
 
     /// Kills a node with SIGKILL and waits for it to exit.

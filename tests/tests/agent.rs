@@ -36,11 +36,11 @@ async fn write(
     Ok(())
 }
 
-fn fast_agent() -> AgentConfig {
+fn fast_agent(cluster: &Cluster) -> AgentConfig {
     AgentConfig {
         idle_timeout: Duration::from_millis(300),
         lag_probe: Duration::from_millis(200),
-        ..AgentConfig::default()
+        ..cluster.agent_config()
     }
 }
 
@@ -49,10 +49,10 @@ async fn isolation_and_fairness() -> anyhow::Result<()> {
     let cluster = Cluster::start(3, ClusterOpts::default()).await?;
     let app = AppName::parse(APP)?;
     let map = MapName::parse("bob-tv-prices")?;
-    let client = Client::new(cluster.endpoints())?;
+    let client = cluster.client()?;
     client.create_map(&app, &map, vec![]).await?;
     write(&client, &app, &map, 0, 1).await?;
-    let agent = Agent::connect(vec![cluster.endpoint(2)], fast_agent()).await?;
+    let agent = Agent::connect(vec![cluster.endpoint(2)], fast_agent(&cluster)).await?;
     let mut replica = agent.replica(&app, &map).await?;
     // The agent's node may have sent version 0 first; hold a version with values in it.
     while replica.version() < 1 {
@@ -112,7 +112,8 @@ async fn failover_keeps_every_version_in_order() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(3, ClusterOpts::default()).await?;
     let app = AppName::parse(APP)?;
     let map = MapName::parse("bob-tv-feed")?;
-    let client = Client::builder(cluster.endpoints())
+    let client = cluster
+        .client_builder()
         .timeout(Duration::from_secs(30))
         .build()?;
     client.create_map(&app, &map, vec![]).await?;
@@ -131,7 +132,7 @@ async fn failover_keeps_every_version_in_order() -> anyhow::Result<()> {
             .filter(|id| *id != attached)
             .map(|id| cluster.endpoint(id)),
     );
-    let agent = Agent::connect(endpoints, fast_agent()).await?;
+    let agent = Agent::connect(endpoints, fast_agent(&cluster)).await?;
     let replica = agent.replica(&app, &map).await?;
     const TOTAL: u64 = 300;
     let writer = {
@@ -183,7 +184,8 @@ async fn ten_thousand_maps_over_one_stream_without_leaks() -> anyhow::Result<()>
     let cluster = Cluster::start(3, ClusterOpts::default()).await?;
     let app = AppName::parse(APP)?;
     const MAPS: usize = 10_000;
-    let client = Client::builder(cluster.endpoints())
+    let client = cluster
+        .client_builder()
         .timeout(Duration::from_secs(60))
         .build()?;
     let names: Vec<MapName> = (0..MAPS)
@@ -202,7 +204,7 @@ async fn ten_thousand_maps_over_one_stream_without_leaks() -> anyhow::Result<()>
     for c in creators {
         c.await??;
     }
-    let agent = Agent::connect(cluster.endpoints(), fast_agent()).await?;
+    let agent = Agent::connect(cluster.endpoints(), fast_agent(&cluster)).await?;
     for round in 0..2 {
         // Readers open their maps concurrently, as the CAs of a node would.
         let opens = names.iter().map(|m| agent.replica(&app, m));

@@ -74,6 +74,7 @@ impl AgentProcess {
             .arg(socket)
             .args(["--first-version-timeout-secs", "3"])
             .args(["--max-pins", &MAX_PINS.to_string()])
+            .env("SPINE_TOKEN", cluster.token())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .kill_on_drop(true);
@@ -228,7 +229,7 @@ async fn next_version(watch: &mut tonic::Streaming<pb::VersionEvent>) -> anyhow:
 #[tokio::test]
 async fn readers_in_another_process_pin_read_and_watch_through_the_socket() -> anyhow::Result<()> {
     let cluster = Cluster::start(3, ClusterOpts::default()).await?;
-    let writer = Client::new(cluster.endpoints())?;
+    let writer = cluster.client()?;
     writer
         .create_map(&AppName::parse(APP)?, &MapName::parse(MAP)?, vec![])
         .await?;

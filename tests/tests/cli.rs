@@ -12,6 +12,7 @@ use tokio::process::Command;
 
 struct Ctl {
     endpoints: String,
+    token: String,
 }
 
 struct Out {
@@ -25,6 +26,7 @@ impl Ctl {
         let out = Command::new(bin("spinectl")?)
             .args(["--endpoints", &self.endpoints, "--app", "acme-shop"])
             .args(args)
+            .env("SPINE_TOKEN", &self.token)
             .stdin(Stdio::null())
             .output()
             .await?;
@@ -68,6 +70,7 @@ async fn a_user_creates_puts_reads_calls_and_watches_with_spinectl() -> anyhow::
     let cluster = Cluster::start(3, ClusterOpts::default()).await?;
     let ctl = Ctl {
         endpoints: cluster.endpoints().join(","),
+        token: cluster.token(),
     };
     let map = "alice-phone-prices";
     ctl.ok(&["map", "create", map]).await?;
@@ -83,6 +86,7 @@ async fn a_user_creates_puts_reads_calls_and_watches_with_spinectl() -> anyhow::
             "json",
         ])
         .args(["map", "watch", map])
+        .env("SPINE_TOKEN", &ctl.token)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -167,6 +171,7 @@ async fn a_user_creates_puts_reads_calls_and_watches_with_spinectl() -> anyhow::
         .await?;
     let down = Ctl {
         endpoints: format!("127.0.0.1:{}", free_port()?),
+        token: cluster.token(),
     };
     down.fails(&["--timeout", "2", "map", "get", map], "spine dev")
         .await?;
@@ -228,5 +233,115 @@ async fn metrics_and_health_are_served() -> anyhow::Result<()> {
         serving.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_security_admin_grants_through_linked_maps_and_issues_tokens() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3, ClusterOpts::default()).await?;
+    let ctl = Ctl {
+        endpoints: cluster.endpoints().join(","),
+        token: cluster.token(),
+    };
+    ctl.ok(&["acl", "grant", "acme-shop-staff", "alice-phone", "clerk"])
+        .await?;
+    ctl.ok(&["acl", "grant", "acme-admin-roles", "alice", "admin"])
+        .await?;
+    ctl.ok(&["acl", "link", "acme-admin-roles", "acme-shop-staff"])
+        .await?;
+    // A cycle back to the root is harmless.
+    ctl.ok(&["acl", "link", "acme-shop-staff", "acme-admin-roles"])
+        .await?;
+    let check = ctl
+        .json(&["acl", "check", "acme-admin-roles", "alice-phone", "clerk"])
+        .await?;
+    assert_eq!(check["granted"], true, "{check}");
+    let explain = ctl
+        .ok(&["acl", "explain", "acme-admin-roles", "alice-phone"])
+        .await?;
+    assert!(
+        explain.contains(
+            "clerk (as alice-phone) from acme-shop-staff: acme-admin-roles -> acme-shop-staff"
+        ) && explain.contains("admin (as alice) from acme-admin-roles: acme-admin-roles"),
+        "{explain}"
+    );
+    ctl.ok(&["acl", "revoke", "acme-shop-staff", "alice-phone", "clerk"])
+        .await?;
+    let check = ctl
+        .json(&["acl", "check", "acme-admin-roles", "alice-phone", "clerk"])
+        .await?;
+    assert_eq!(check["granted"], false, "{check}");
+    ctl.fails(&["acl", "grant", "acme-shop-staff", "Bob", "x"], "\"Bob\"")
+        .await?;
+
+    // Tokens: issue one for alice-phone, narrow it, and use it.
+    let root_key = cluster.credentials().root_key().display().to_string();
+    let root_pub = cluster.credentials().root_pub().display().to_string();
+    let issued = ctl
+        .ok(&[
+            "token",
+            "issue",
+            "--root-key-file",
+            &root_key,
+            "--app-publisher",
+            "acme",
+            "--app-local",
+            "shop",
+            "--ca",
+            "alice-phone",
+            "--expires-in",
+            "1h",
+        ])
+        .await?;
+    let alice = issued.trim().to_string();
+    let short = ctl
+        .ok(&[
+            "token",
+            "attenuate",
+            &alice,
+            "--root-pub-file",
+            &root_pub,
+            "--expires-in",
+            "10m",
+        ])
+        .await?;
+    ctl.fails(
+        &[
+            "token",
+            "attenuate",
+            &alice,
+            "--root-pub-file",
+            &root_pub,
+            "--ca-owner",
+            "bob",
+        ],
+        "may only narrow",
+    )
+    .await?;
+    let inspected = ctl
+        .json(&[
+            "token",
+            "inspect",
+            short.trim(),
+            "--root-pub-file",
+            &root_pub,
+        ])
+        .await?;
+    assert_eq!(inspected["ca_owner"], "alice", "{inspected}");
+    let as_alice = Ctl {
+        endpoints: ctl.endpoints.clone(),
+        token: short.trim().to_string(),
+    };
+    as_alice.ok(&["map", "create", "alice-phone-notes"]).await?;
+    as_alice
+        .fails(&["map", "create", "bob-phone-notes"], "only the writer CA")
+        .await?;
+    let nobody = Ctl {
+        endpoints: ctl.endpoints.clone(),
+        token: String::new(),
+    };
+    nobody
+        .fails(&["map", "list"], "this call needs a token")
+        .await?;
     Ok(())
 }

@@ -60,7 +60,8 @@ async fn killing_the_leader_repeatedly_loses_no_acknowledged_update() -> anyhow:
     let acks = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
     for w in 0..4 {
-        let client = Client::builder(cluster.endpoints())
+        let client = cluster
+            .client_builder()
             .timeout(Duration::from_secs(30))
             .build()?;
         let map = MapName::parse(&format!("bob-writer{w}-data"))?;

@@ -34,7 +34,8 @@ async fn a_follower_subscriber_sees_every_version_once_across_its_restart() -> a
         .ok_or_else(|| anyhow::anyhow!("no follower"))?;
     let app = AppName::parse(APP)?;
     let map = MapName::parse("bob-tv-prices")?;
-    let writer = Client::builder(cluster.endpoints())
+    let writer = cluster
+        .client_builder()
         .timeout(Duration::from_secs(30))
         .build()?;
     writer.create_map(&app, &map, vec![]).await?;
@@ -48,6 +49,7 @@ async fn a_follower_subscriber_sees_every_version_once_across_its_restart() -> a
             .map(|id| cluster.endpoint(id)),
     );
     let reader = Client::builder(endpoints)
+        .token(cluster.token())
         .resume_deadline(Duration::from_secs(30))
         .build()?;
     let mut sub = reader
@@ -319,7 +321,8 @@ async fn a_slow_subscriber_gets_snapshots_and_does_not_hold_back_others() -> any
     let maps: Vec<MapName> = (0..WRITERS)
         .map(|w| MapName::parse(&format!("bob-load{w}-data")))
         .collect::<Result<_, _>>()?;
-    let client = Client::builder(cluster.endpoints())
+    let client = cluster
+        .client_builder()
         .timeout(Duration::from_secs(30))
         .build()?;
     for m in &maps {
@@ -334,7 +337,9 @@ async fn a_slow_subscriber_gets_snapshots_and_does_not_hold_back_others() -> any
     // The slow subscriber opens its stream and then reads nothing while the writers run.
     let mut node3 = cluster.raw(3).await?;
     let mut slow = open(&mut node3, vec![prefix.clone()]).await?;
-    let mut fast = Client::new(vec![cluster.endpoint(3)])?
+    let mut fast = Client::builder(vec![cluster.endpoint(3)])
+        .token(cluster.token())
+        .build()?
         .subscribe(vec![SubscriptionSpec::prefix(app.clone(), "bob-load")])
         .await?;
     let big = "x".repeat(4096);

@@ -23,6 +23,9 @@ pub struct SpineTarget {
     pub endpoints: Vec<String>,
     /// Server processes, when the tool started them.
     pub procs: ServerProcs,
+    /// The token every client and agent presents (the admin token of the credentials the tool
+    /// made with `spine init`, or the one given for an existing cluster).
+    pub token: Option<String>,
     /// Diagnostics: the node agents' lag probe period, instead of the agent's default.
     pub agent_lag_probe: Option<Duration>,
 }
@@ -39,9 +42,28 @@ pub struct SpineAccess {
 }
 
 impl SpineTarget {
-    /// Starts 3 `spine serve` nodes with data and logs under `dir`, and waits for a leader.
+    /// Makes credentials with `spine init`, starts 3 `spine serve` nodes that require them
+    /// (the Spine's default), with data and logs under `dir`, and waits for a leader.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
         let spine = spine_tests::bin("spine")?;
+        let creds = dir.join("spine-credentials");
+        let init = Command::new(&spine)
+            .args(["init", "--dir"])
+            .arg(&creds)
+            .output()
+            .await
+            .context("running spine init")?;
+        if !init.status.success() {
+            bail!(
+                "spine init failed: {}",
+                String::from_utf8_lossy(&init.stderr)
+            );
+        }
+        let token_file = creds.join("admin.token");
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("reading {}", token_file.display()))?
+            .trim()
+            .to_string();
         let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect::<anyhow::Result<_>>()?;
         let mut procs = ServerProcs::default();
         for (i, addr) in addrs.iter().enumerate() {
@@ -55,12 +77,17 @@ impl SpineTarget {
             for (j, peer) in addrs.iter().enumerate() {
                 cmd.args(["--peer", &format!("{}={peer}", j + 1)]);
             }
+            cmd.arg("--root-key-file")
+                .arg(creds.join("root.pub"))
+                .arg("--peer-token-file")
+                .arg(&token_file);
             cmd.env("RUST_LOG", "warn");
             procs.spawn(cmd, &data.join("node.log"))?;
         }
         let mut target = SpineTarget {
             endpoints: addrs,
             procs,
+            token: Some(token),
             agent_lag_probe: None,
         };
         if let Err(e) = target.order_leader_first().await {
@@ -69,11 +96,13 @@ impl SpineTarget {
         Ok(target)
     }
 
-    /// A cluster someone else runs; no process figures.
-    pub async fn existing(endpoints: Vec<String>) -> anyhow::Result<Self> {
+    /// A cluster someone else runs, reached with `token` (none: a `--no-auth` cluster); no
+    /// process figures.
+    pub async fn existing(endpoints: Vec<String>, token: Option<String>) -> anyhow::Result<Self> {
         let mut target = SpineTarget {
             endpoints,
             procs: ServerProcs::default(),
+            token,
             agent_lag_probe: None,
         };
         target.order_leader_first().await?;
@@ -84,14 +113,21 @@ impl SpineTarget {
     /// endpoint `i mod 3` of the leader-first list.
     pub fn access(&self, i: usize) -> SpineAccess {
         let endpoints = rotated(&self.endpoints, i);
-        let mut agent = AgentConfig::default();
+        let mut agent = AgentConfig {
+            token: self.token.clone(),
+            ..AgentConfig::default()
+        };
         if let Some(probe) = self.agent_lag_probe {
             agent.lag_probe = probe;
         }
+        let mut client = Client::builder(endpoints.clone())
+            .timeout(CALL_TIMEOUT)
+            .attempt_timeout(ATTEMPT_TIMEOUT);
+        if let Some(token) = &self.token {
+            client = client.token(token.clone());
+        }
         SpineAccess {
-            client: Client::builder(endpoints.clone())
-                .timeout(CALL_TIMEOUT)
-                .attempt_timeout(ATTEMPT_TIMEOUT),
+            client,
             agent,
             endpoints,
         }

@@ -83,6 +83,13 @@ struct RunArgs {
     /// e.g. 127.0.0.1:7421 [default: off]
     #[arg(long, env = "SPINE_AGENT_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Token presented to the Spine (URL-safe base64) [default: --token-file, else
+    /// ./spine-data/admin.token when `spine dev` runs in this directory]
+    #[arg(long, env = "SPINE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the token.
+    #[arg(long, env = "SPINE_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -152,6 +159,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         first_version_timeout: Duration::from_secs(args.first_version_timeout_secs.max(1)),
         no_exec: args.no_exec,
+        token: spine_client::resolve_token(args.token.clone(), args.token_file.as_deref())?,
         ..AgentConfig::default()
     };
     let daemon_cfg = DaemonConfig {

@@ -47,6 +47,15 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
     pub output: Output,
 
+    /// Token presented with every request (URL-safe base64) [default: --token-file, else
+    /// ./spine-data/admin.token when `spine dev` runs in this directory]
+    #[arg(long, global = true, env = "SPINE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// File holding the token (`spine init` writes an admin token to DIR/admin.token).
+    #[arg(long, global = true, env = "SPINE_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+
     /// Seconds a request may take, retries on other endpoints included.
     #[arg(long, global = true, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
     pub timeout: Duration,
@@ -74,6 +83,12 @@ pub enum Command {
     /// Show the Raft group and change its membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Grant and revoke roles in linked ACL maps; check and explain what a principal has.
+    #[command(subcommand, after_help = ACL_HELP)]
+    Acl(AclCommand),
+    /// Issue, attenuate (narrow) and inspect access tokens.
+    #[command(subcommand, after_help = TOKEN_HELP)]
+    Token(TokenCommand),
     /// Measure write throughput and commit latency: concurrent writers, each updating its own
     /// map with compare-and-swap change sets, for a while.
     #[command(after_help = LOAD_HELP)]
@@ -276,6 +291,173 @@ pub enum ClusterCommand {
         /// The node's Raft id.
         id: u64,
     },
+}
+
+const ACL_HELP: &str = "\
+An ACL map's keys are principals (a user `alice`, or a CA `alice-phone`) and its values their
+roles (a JSON array of strings). `__link_key__` lists the maps whose grants it includes; check and
+explain follow those links from the map you name (cycles are fine). A CA has what its full name
+or its owner has.
+
+Examples:
+  spinectl acl grant acme-shop-staff alice-phone clerk
+  spinectl acl link acme-admin-roles acme-shop-staff
+  spinectl acl check acme-admin-roles alice-phone clerk
+  spinectl acl explain acme-admin-roles alice-phone
+  spinectl acl revoke acme-shop-staff alice-phone clerk";
+
+const TOKEN_HELP: &str = "\
+A token carries up to five constraints (app publisher, app local name, CA owner, CA local name,
+expiry); a missing one means any. `issue` signs with the root private key (spine dev keeps it in
+spine-data/root.key); anyone holding a token can `attenuate` it offline to a narrower one; a
+request that would widen it is refused. Tokens go to spinectl with --token or SPINE_TOKEN.
+
+Examples:
+  spinectl token issue --app-publisher acme --app-local shop --ca alice-phone --expires-in 24h
+  spinectl token attenuate \"$TOKEN\" --expires-in 1h
+  spinectl token inspect \"$TOKEN\"";
+
+/// ACL commands; maps live in the `--app` namespace.
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+pub enum AclCommand {
+    /// Give a principal a role in an ACL map (created if missing).
+    Grant {
+        /// The ACL map (owner-local-map).
+        map: String,
+        /// A user (alice) or a CA (alice-phone).
+        principal: String,
+        /// The role.
+        role: String,
+    },
+    /// Take a role (or, without ROLE, every role) from a principal in an ACL map.
+    Revoke {
+        /// The ACL map.
+        map: String,
+        /// A user or a CA.
+        principal: String,
+        /// The role; all roles when left out.
+        role: Option<String>,
+    },
+    /// Make an ACL map include the grants of another map (and of what that one links to).
+    Link {
+        /// The map that links.
+        map: String,
+        /// The map it includes.
+        target: String,
+    },
+    /// Remove a link.
+    Unlink {
+        /// The map that links.
+        map: String,
+        /// The map it no longer includes.
+        target: String,
+    },
+    /// Whether a principal has a role (any role, without ROLE) in the aggregate rooted at MAP.
+    Check {
+        /// The root ACL map.
+        map: String,
+        /// A user or a CA.
+        principal: String,
+        /// The role.
+        role: Option<String>,
+    },
+    /// The roles a principal has in the aggregate rooted at MAP and the chain of links behind
+    /// each.
+    Explain {
+        /// The root ACL map.
+        map: String,
+        /// A user or a CA.
+        principal: String,
+    },
+}
+
+/// Constraints of a token; each left out means any.
+#[derive(Args, Debug, Clone, PartialEq, Default)]
+pub struct ConstraintArgs {
+    /// Only apps of this publisher (`acme` in `acme-shop`).
+    #[arg(long)]
+    pub app_publisher: Option<String>,
+    /// Only apps with this local name (`shop` in `acme-shop`).
+    #[arg(long)]
+    pub app_local: Option<String>,
+    /// Only this CA (owner-local): sets both CA constraints.
+    #[arg(long, conflicts_with_all = ["ca_owner", "ca_local"])]
+    pub ca: Option<String>,
+    /// Only CAs of this owner.
+    #[arg(long)]
+    pub ca_owner: Option<String>,
+    /// Only CAs with this local name.
+    #[arg(long)]
+    pub ca_local: Option<String>,
+    /// Valid for this long from now: 90s, 30m, 24h, 7d.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub expires_in: Option<Duration>,
+}
+
+/// Token commands.
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+pub enum TokenCommand {
+    /// Issue a token signed by the root private key; prints it.
+    Issue {
+        /// The root private key.
+        #[arg(
+            long,
+            env = "SPINE_ROOT_KEY_FILE",
+            default_value = "spine-data/root.key"
+        )]
+        root_key_file: std::path::PathBuf,
+        #[command(flatten)]
+        constraints: ConstraintArgs,
+    },
+    /// Derive a narrower token, offline; prints it. Refused if it would widen the token.
+    Attenuate {
+        /// The token, or `-` to read it from stdin.
+        token: String,
+        /// The root public key.
+        #[arg(
+            long,
+            env = "SPINE_ROOT_PUB_FILE",
+            default_value = "spine-data/root.pub"
+        )]
+        root_pub_file: std::path::PathBuf,
+        #[command(flatten)]
+        constraints: ConstraintArgs,
+    },
+    /// Check a token's signature and print its constraints.
+    Inspect {
+        /// The token, or `-` to read it from stdin.
+        token: String,
+        /// The root public key.
+        #[arg(
+            long,
+            env = "SPINE_ROOT_PUB_FILE",
+            default_value = "spine-data/root.pub"
+        )]
+        root_pub_file: std::path::PathBuf,
+    },
+}
+
+/// `90s`, `30m`, `24h`, `7d`, or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 24h or 7d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(unit)
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is not a positive duration"))
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -109,9 +109,10 @@ pub fn is_fatal(error: &ClientError) -> bool {
                 | Code::Unimplemented
                 | Code::OutOfRange
         ),
-        ClientError::Convert(_) | ClientError::Name(_) | ClientError::InvalidEndpoint { .. } => {
-            true
-        }
+        ClientError::Convert(_)
+        | ClientError::Name(_)
+        | ClientError::InvalidEndpoint { .. }
+        | ClientError::InvalidToken { .. } => true,
     }
 }
 

@@ -4,3 +4,4 @@ pub mod args;
 pub mod load;
 pub mod render;
 pub mod run;
+pub mod security;

@@ -15,7 +15,12 @@ use super::{load, render};
 
 /// Runs the command the command line names.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::with_timeout(cli.endpoints.clone(), cli.timeout)?;
+    let mut builder = Client::builder(cli.endpoints.clone()).timeout(cli.timeout);
+    if let Some(token) = spine_client::resolve_token(cli.token.clone(), cli.token_file.as_deref())?
+    {
+        builder = builder.token(token);
+    }
+    let client = builder.build()?;
     let out = Printer(cli.output);
     match cli.command {
         Command::Map(command) => {
@@ -23,6 +28,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             run_map(&client, &app, out, command).await
         }
         Command::Cluster(command) => run_cluster(&client, out, command).await,
+        Command::Acl(command) => {
+            let app = AppName::parse(&cli.app)?;
+            super::security::run_acl(&client, &app, cli.output, command).await
+        }
+        Command::Token(command) => super::security::run_token(cli.output, command),
         Command::Load(args) => {
             let app = AppName::parse(&cli.app)?;
             load::run(&client, &app, cli.output, &args).await
