@@ -111,6 +111,8 @@ const PROPAGATION: &[Metric] = &[
     m("p50_ms", "ack → visible p50, ms", Better::Lower),
     m("p99_ms", "ack → visible p99, ms", Better::Lower),
     m("max_ms", "ack → visible max, ms", Better::Lower),
+    m("sent_p50_ms", "write sent → visible p50, ms", Better::Lower),
+    m("sent_p99_ms", "write sent → visible p99, ms", Better::Lower),
 ];
 const FAN_OUT: &[Metric] = &[
     m(

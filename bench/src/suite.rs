@@ -86,7 +86,8 @@ pub struct SuiteArgs {
     /// Fan-out: writes in flight during the burst [full: 1000].
     #[arg(long)]
     pub fanout_concurrency: Option<usize>,
-    /// Catch-up: maps (keys) the absent subscriber follows, one run per value [full: 1000].
+    /// Catch-up: maps (keys) the absent subscriber follows, one run per value [full: 1000,50;
+    /// 50 maps get 2,000 updates each, more than the Spine retains per map (1,000)].
     #[arg(long, value_delimiter = ',')]
     pub catchup_maps: Option<Vec<usize>>,
     /// Catch-up: updates written while the subscriber is away [full: 100000].
@@ -119,7 +120,7 @@ impl Params {
                 per_subscriber: 100,
                 concurrency: 1000,
             },
-            catchup_maps: vec![1000],
+            catchup_maps: vec![1000, 50],
             catchup_updates: 100_000,
         }
     }
@@ -136,7 +137,7 @@ impl Params {
                 per_subscriber: 16,
                 concurrency: 16,
             },
-            catchup_maps: vec![8],
+            catchup_maps: vec![8, 2],
             catchup_updates: 400,
         }
     }
@@ -322,6 +323,14 @@ fn machine() -> BTreeMap<&'static str, String> {
     )])
 }
 
+/// The 1, 5 and 15 minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Runs the suite; returns the report (also written to `--out`).
 pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
     let params = Params::from_args(&args);
@@ -333,6 +342,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
         .tempdir_in(&base)
         .with_context(|| format!("creating a data directory in {}", base.display()))?;
     let mut setup = machine();
+    let load_before = loadavg();
 
     let mut etcd = if args.etcd_endpoints.is_empty() {
         let bin = cluster::etcd::find_or_install(args.etcd_bin.as_deref())?;
@@ -495,6 +505,13 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
     etcd.procs.stop().await;
     spine.procs.stop().await;
     let measurements = rec.measurements;
+    setup.insert(
+        "load average (1/5/15 min)",
+        format!(
+            "{load_before} at the start, {} at the end (other processes on the machine compete for its cores)",
+            loadavg()
+        ),
+    );
     if measurements.iter().any(|m| m.error.is_some()) {
         let kept = tmp.keep();
         eprintln!(

@@ -74,17 +74,31 @@ impl Follower for Watcher {
     }
 }
 
+/// What [`measure`] found.
+struct Samples {
+    /// Writer's acknowledgement → visible.
+    after_ack: Latencies,
+    /// Writer sent the update → visible (end to end).
+    after_send: Latencies,
+    /// Samples visible before the acknowledgement.
+    before_ack: u64,
+}
+
 /// Sends `warm_up + updates` updates, one at a time, each after every follower saw the last.
 async fn measure<W: CasWriter, F: Follower>(
     writer: &mut W,
     mut followers: Vec<F>,
     updates: u64,
-) -> anyhow::Result<(Latencies, u64, Vec<F>)> {
-    let mut latencies = Latencies::new();
-    let mut before_ack = 0u64;
+) -> anyhow::Result<(Samples, Vec<F>)> {
+    let mut samples = Samples {
+        after_ack: Latencies::new(),
+        after_send: Latencies::new(),
+        before_ack: 0,
+    };
     for u in 0..WARM_UP + updates {
         let waits = followers.into_iter().map(F::next_update);
         let waiting = tokio::spawn(futures::future::try_join_all(waits));
+        let sent = Instant::now();
         writer.write(payload(u)).await?;
         let acked = Instant::now();
         let seen = tokio::time::timeout(UPDATE_DEADLINE, waiting)
@@ -95,23 +109,32 @@ async fn measure<W: CasWriter, F: Follower>(
         for (f, at) in seen {
             if u >= WARM_UP {
                 if at < acked {
-                    before_ack += 1;
+                    samples.before_ack += 1;
                 }
-                latencies.record(at.saturating_duration_since(acked));
+                samples
+                    .after_ack
+                    .record(at.saturating_duration_since(acked));
+                samples
+                    .after_send
+                    .record(at.saturating_duration_since(sent));
             }
             followers.push(f);
         }
     }
-    Ok((latencies, before_ack, followers))
+    Ok((samples, followers))
 }
 
-fn outcome(latencies: &Latencies, before_ack: u64, subscribers: usize) -> Outcome {
+fn outcome(samples: &Samples, subscribers: usize) -> anyhow::Result<Outcome> {
     let mut out = Outcome::default();
-    out.latency(latencies.summary())
-        .detail("samples", latencies.count())
-        .detail("visible_before_ack", before_ack)
-        .detail("subscribers", subscribers as u64);
-    out
+    let end_to_end = samples.after_send.summary();
+    out.latency(samples.after_ack.summary())
+        .figure("sent_p50_ms", end_to_end.p50_ms)
+        .figure("sent_p99_ms", end_to_end.p99_ms)
+        .detail("samples", samples.after_ack.count())
+        .detail("visible_before_ack", samples.before_ack)
+        .detail("subscribers", subscribers as u64)
+        .detail("sent_to_visible", serde_json::to_value(end_to_end)?);
+    Ok(out)
 }
 
 /// `n` node agents follow one fresh map of `app`; `updates` updates.
@@ -142,11 +165,11 @@ pub async fn spine(
         .buffer_unordered(CONNECT_CONCURRENCY)
         .try_collect()
         .await?;
-    let (latencies, before_ack, followers) = measure(&mut writer, followers, updates).await?;
+    let (samples, followers) = measure(&mut writer, followers, updates).await?;
     for f in &followers {
         f.agent.shutdown();
     }
-    Ok(outcome(&latencies, before_ack, n))
+    outcome(&samples, n)
 }
 
 /// `n` watchers on one fresh key under `prefix`; `updates` updates.
@@ -175,6 +198,6 @@ pub async fn etcd(
         .buffer_unordered(CONNECT_CONCURRENCY)
         .try_collect()
         .await?;
-    let (latencies, before_ack, _) = measure(&mut writer, followers, updates).await?;
-    Ok(outcome(&latencies, before_ack, n))
+    let (samples, _) = measure(&mut writer, followers, updates).await?;
+    outcome(&samples, n)
 }
