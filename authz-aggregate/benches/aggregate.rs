@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use authz_aggregate::{
-    AggregateIndex, Constraints, LINK_KEY, Principal, RootKey, attenuate, inspect, issue, links_of,
-    verify,
+    AggregateIndex, Constraints, LINK_KEY, Principal, RootKey, Verifier, attenuate, inspect, issue,
+    links_of, verify,
 };
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
@@ -200,6 +200,19 @@ fn bench_tokens(c: &mut Criterion) {
     });
     g.bench_function("peer_signatures_only_2_blocks", |b| {
         b.iter(|| inspect(&public, black_box(&attenuated)).is_ok())
+    });
+    // What the Spine does per request: the signature check once per distinct token, then a
+    // lookup by the token's bytes and the constraint match.
+    let verifier = Verifier::new(public.clone());
+    g.bench_function("server_cached_2_blocks", |b| {
+        b.iter(|| {
+            verifier
+                .authenticate(black_box(&attenuated))
+                .is_ok_and(|t| {
+                    t.admits(Some(&principal.app), Some(&principal.ca), now)
+                        .is_ok()
+                })
+        })
     });
     g.bench_function("attenuate", |b| {
         b.iter(|| {

@@ -31,6 +31,8 @@ pub struct AgentConfig {
     /// The token the agent presents to the Spine (URL-safe base64); it must admit the apps whose
     /// maps the agent reads.
     pub token: Option<String>,
+    /// Connect with TLS, trusting this CA certificate (PEM).
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for AgentConfig {
@@ -43,6 +45,7 @@ impl Default for AgentConfig {
             lag_probe: Duration::from_secs(5),
             resume_deadline: Duration::from_secs(30),
             token: None,
+            tls_ca_pem: None,
         }
     }
 }
@@ -121,6 +124,9 @@ impl Agent {
         let mut builder = Client::builder(endpoints).resume_deadline(cfg.resume_deadline);
         if let Some(token) = &cfg.token {
             builder = builder.token(token.clone());
+        }
+        if let Some(ca) = &cfg.tls_ca_pem {
+            builder = builder.tls_ca(ca);
         }
         let client = builder.build()?;
         let subscription = client.subscribe(Vec::new()).await?;

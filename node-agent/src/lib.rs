@@ -35,9 +35,11 @@
 //! ```
 
 mod agent;
+pub mod aggregate;
 pub mod daemon;
 pub mod metrics;
 pub mod registry;
 
 pub use agent::{Agent, AgentConfig, AgentError, AgentStatus, Pinned, Replica};
+pub use aggregate::Aggregate;
 pub use registry::{MapKey, MapStatus};

@@ -13,7 +13,7 @@ use spine_proto::v1::spine_client::SpineClient;
 use tokio::time::Instant;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::ClientError;
 use crate::error::is_retryable;
@@ -48,6 +48,7 @@ struct Inner {
     current: AtomicUsize,
     settings: Settings,
     credentials: Credentials,
+    tls: Option<ClientTlsConfig>,
 }
 
 /// The metadata name tokens travel in.
@@ -155,9 +156,23 @@ pub struct ClientBuilder {
     endpoints: Vec<String>,
     settings: Settings,
     token: Option<String>,
+    tls: Option<ClientTlsConfig>,
 }
 
 impl ClientBuilder {
+    /// Connects with TLS, trusting servers whose certificates chain to `ca_pem` (`spine init
+    /// --tls` writes DIR/tls/ca.pem). Bare `host:port` endpoints then mean `https://`.
+    pub fn tls_ca(mut self, ca_pem: impl AsRef<[u8]>) -> Self {
+        let tls = self.tls.take().unwrap_or_default();
+        self.tls = Some(tls.ca_certificate(Certificate::from_pem(ca_pem)));
+        self
+    }
+    /// Presents a client certificate (mutual TLS); needs [`Self::tls_ca`].
+    pub fn tls_identity(mut self, cert_pem: impl AsRef<[u8]>, key_pem: impl AsRef<[u8]>) -> Self {
+        let tls = self.tls.take().unwrap_or_default();
+        self.tls = Some(tls.identity(Identity::from_pem(cert_pem, key_pem)));
+        self
+    }
     /// Presents `token` (URL-safe base64) with every request. Without one, only health checks
     /// succeed against a Spine with authentication on.
     pub fn token(mut self, token: impl Into<String>) -> Self {
@@ -202,7 +217,7 @@ impl ClientBuilder {
             .map(|addr| {
                 Ok(Node {
                     addr: addr.clone(),
-                    channel: lazy_channel(addr, &self.settings)?,
+                    channel: lazy_channel(addr, &self.settings, self.tls.as_ref())?,
                     credentials: credentials.clone(),
                 })
             })
@@ -213,22 +228,30 @@ impl ClientBuilder {
                 current: AtomicUsize::new(0),
                 settings: self.settings,
                 credentials,
+                tls: self.tls,
             }),
         })
     }
 }
 
-/// `host:port` or `http://host:port` to a URI tonic accepts.
-pub(crate) fn endpoint_uri(endpoint: &str) -> String {
+/// `host:port` or `http://host:port` to a URI tonic accepts; bare addresses mean `https://`
+/// with TLS.
+pub(crate) fn endpoint_uri(endpoint: &str, tls: bool) -> String {
     let endpoint = endpoint.trim();
     if endpoint.contains("://") {
         endpoint.to_string()
+    } else if tls {
+        format!("https://{endpoint}")
     } else {
         format!("http://{endpoint}")
     }
 }
 
-fn lazy_channel(endpoint: &str, settings: &Settings) -> Result<Channel, ClientError> {
+fn lazy_channel(
+    endpoint: &str,
+    settings: &Settings,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Channel, ClientError> {
     let invalid = |reason: String| ClientError::InvalidEndpoint {
         endpoint: endpoint.to_string(),
         reason,
@@ -236,8 +259,13 @@ fn lazy_channel(endpoint: &str, settings: &Settings) -> Result<Channel, ClientEr
     if endpoint.trim().is_empty() {
         return Err(invalid("empty address".into()));
     }
-    let uri = endpoint_uri(endpoint);
-    let parsed = Endpoint::from_shared(uri).map_err(|e| invalid(e.to_string()))?;
+    let uri = endpoint_uri(endpoint, tls.is_some());
+    let mut parsed = Endpoint::from_shared(uri).map_err(|e| invalid(e.to_string()))?;
+    if let Some(tls) = tls {
+        parsed = parsed
+            .tls_config(tls.clone())
+            .map_err(|e| invalid(format!("TLS settings: {e}")))?;
+    }
     if parsed.uri().host().is_none() {
         return Err(invalid("no host; expected host:port".into()));
     }
@@ -283,6 +311,7 @@ impl Client {
                 resume_deadline: DEFAULT_RESUME_DEADLINE,
             },
             token: None,
+            tls: None,
         }
     }
 
@@ -365,16 +394,15 @@ impl Client {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let settings = self.inner.settings;
-        let known = self
-            .inner
-            .nodes
-            .iter()
-            .find(|n| n.addr == endpoint || endpoint_uri(&n.addr) == endpoint_uri(endpoint));
+        let known = self.inner.nodes.iter().find(|n| {
+            let tls = self.inner.tls.is_some();
+            n.addr == endpoint || endpoint_uri(&n.addr, tls) == endpoint_uri(endpoint, tls)
+        });
         let rpc = match known {
             Some(node) => node.rpc(),
             None => Node {
                 addr: endpoint.to_string(),
-                channel: lazy_channel(endpoint, &settings)?,
+                channel: lazy_channel(endpoint, &settings, self.inner.tls.as_ref())?,
                 credentials: self.inner.credentials.clone(),
             }
             .rpc(),
@@ -418,12 +446,19 @@ mod tests {
 
     #[test]
     fn endpoints_accept_bare_addresses_and_uris() {
-        assert_eq!(endpoint_uri("127.0.0.1:7401"), "http://127.0.0.1:7401");
-        assert_eq!(endpoint_uri(" http://h:1 "), "http://h:1");
+        assert_eq!(
+            endpoint_uri("127.0.0.1:7401", false),
+            "http://127.0.0.1:7401"
+        );
+        assert_eq!(
+            endpoint_uri("127.0.0.1:7401", true),
+            "https://127.0.0.1:7401"
+        );
+        assert_eq!(endpoint_uri(" http://h:1 ", true), "http://h:1");
         let s = Client::builder(vec![]).settings;
-        assert!(lazy_channel("", &s).is_err());
+        assert!(lazy_channel("", &s, None).is_err());
         assert!(matches!(
-            lazy_channel("bad host:1", &s),
+            lazy_channel("bad host:1", &s, None),
             Err(ClientError::InvalidEndpoint { .. })
         ));
         assert!(matches!(

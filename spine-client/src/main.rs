@@ -34,7 +34,11 @@ fn one_line(error: &anyhow::Error) -> String {
         error.downcast_ref::<ClientError>(),
         Some(ClientError::Unavailable { .. })
     ) {
-        text.push_str(" (is `spine dev` running?)");
+        if text.contains("frame with invalid size") || text.contains("InvalidContentType") {
+            text.push_str(" (does the cluster serve TLS? pass --tls-ca or set SPINE_TLS_CA)");
+        } else {
+            text.push_str(" (is `spine dev` running?)");
+        }
     }
     text
 }

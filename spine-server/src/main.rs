@@ -33,7 +33,7 @@ struct Cli {
 enum Command {
     /// Run one Spine node.
     #[command(args_override_self = true)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a local 3-node cluster (the embedded default), resuming from its data directory.
     Dev(DevArgs),
     /// Create a deployment's root key pair and an admin token (never overwrites).
@@ -46,6 +46,13 @@ struct InitArgs {
     /// admin.token.
     #[arg(long, default_value = "spine-credentials")]
     dir: PathBuf,
+    /// Also create a CA and a node certificate in DIR/tls (for --tls-cert/--tls-key/--tls-ca).
+    #[arg(long)]
+    tls: bool,
+    /// Extra DNS names or IP addresses for the node certificate (localhost and 127.0.0.1 are
+    /// always in it); repeat for each.
+    #[arg(long = "tls-name", value_name = "NAME", requires = "tls")]
+    tls_names: Vec<String>,
 }
 
 /// How a node authenticates requests.
@@ -73,13 +80,35 @@ struct AuthArgs {
     /// port can write any map and change membership.
     #[arg(long, env = "SPINE_NO_AUTH", conflicts_with_all = ["root_key_file", "peer_token_file"])]
     no_auth: bool,
+    /// Serve TLS with this certificate (PEM) and talk to peers with mutual TLS; `spine init
+    /// --tls` writes one to DIR/tls/node.pem.
+    #[arg(long, env = "SPINE_TLS_CERT", value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "SPINE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) that peers' certificates must chain to.
+    #[arg(long, env = "SPINE_TLS_CA", value_name = "FILE", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
 }
 
 impl AuthArgs {
     fn security(&self) -> anyhow::Result<Security> {
+        let tls = match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(credentials::TlsFiles::read(cert, key, ca)?),
+            _ => None,
+        };
         if self.no_auth {
             tracing::warn!("authentication is off (--no-auth): every request is allowed");
-            return Ok(Security::disabled());
+            return Ok(Security {
+                tls,
+                ..Security::disabled()
+            });
         }
         let (Some(key), Some(token)) = (&self.root_key_file, &self.peer_token_file) else {
             bail!("give --root-key-file and --peer-token-file (see `spine init`), or --no-auth");
@@ -94,6 +123,7 @@ impl AuthArgs {
         Ok(Security {
             auth: Auth::Tokens(Arc::new(verifier)),
             peer_token: Some(peer_token),
+            tls,
         })
     }
 }
@@ -188,6 +218,10 @@ struct DevArgs {
     /// Port of node 1; nodes 2 and 3 use the next two, metrics the ports 10 above.
     #[arg(long, default_value_t = 7401)]
     base_port: u16,
+    /// Serve TLS (a CA and node certificate are made in DATA_DIR/tls on first use), with
+    /// mutual TLS between the nodes; clients then need --tls-ca DATA_DIR/tls/ca.pem.
+    #[arg(long)]
+    tls: bool,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -216,7 +250,7 @@ async fn main() -> anyhow::Result<()> {
     let args = with_config_file(std::env::args_os().collect())?;
     let cli = Cli::parse_from(args);
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Dev(args) => dev(args).await,
         Command::Init(args) => init(&args),
     }
@@ -320,10 +354,20 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let resuming = args.data_dir.exists();
     let (creds, _) = credentials::init(&args.data_dir)
         .with_context(|| format!("creating credentials in {}", args.data_dir.display()))?;
+    let tls = if args.tls {
+        let (tls, _) = credentials::init_tls(&args.data_dir, &[])
+            .with_context(|| format!("creating TLS certificates in {}", args.data_dir.display()))?;
+        Some(tls)
+    } else {
+        None
+    };
     let security = AuthArgs {
         root_key_file: Some(creds.root_pub.clone()),
         peer_token_file: Some(creds.admin_token.clone()),
         no_auth: false,
+        tls_cert: tls.as_ref().map(|t| t.node_cert.clone()),
+        tls_key: tls.as_ref().map(|t| t.node_key.clone()),
+        tls_ca: tls.as_ref().map(|t| t.ca_cert.clone()),
     }
     .security()?;
     let mut servers = Vec::new();
@@ -359,6 +403,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         );
     }
     println!("export SPINE_ENDPOINTS={}", endpoints.join(","));
+    if let Some(tls) = &tls {
+        println!(
+            "TLS on (mutual TLS between the nodes): export SPINE_TLS_CA={}",
+            tls.ca_cert.display()
+        );
+    }
     println!(
         "admin token {} (spinectl run from this directory finds it), root key {}",
         creds.admin_token.display(),
@@ -379,6 +429,15 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
 fn init(args: &InitArgs) -> anyhow::Result<()> {
     let (paths, created) = credentials::init(&args.dir)
         .with_context(|| format!("creating credentials in {}", args.dir.display()))?;
+    let tls = if args.tls {
+        Some(
+            credentials::init_tls(&args.dir, &args.tls_names)
+                .with_context(|| format!("creating TLS certificates in {}", args.dir.display()))?
+                .0,
+        )
+    } else {
+        None
+    };
     println!(
         "{} {}:",
         if created {
@@ -400,6 +459,18 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
         "  {}  admin token: every node's --peer-token-file, and spinectl's --token-file for admin calls",
         paths.admin_token.display()
     );
+    if let Some(t) = tls {
+        println!(
+            "  {}  TLS CA: every node's --tls-ca, and clients' --tls-ca",
+            t.ca_cert.display()
+        );
+        println!("  {}  CA private key: keep it secret", t.ca_key.display());
+        println!(
+            "  {} + {}  node certificate and key: --tls-cert and --tls-key",
+            t.node_cert.display(),
+            t.node_key.display()
+        );
+    }
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 use authz_aggregate::Token;
 
 use crate::auth::Auth;
+use crate::credentials::TlsFiles;
 use crate::metrics::Metrics;
 use crate::node::{self, NodeConfig, NodeHandle};
 use crate::service::SpineService;
@@ -52,6 +53,9 @@ pub struct Security {
     pub auth: Auth,
     /// The admin token this node presents to its peers (required when `auth` checks tokens).
     pub peer_token: Option<Token>,
+    /// Serve TLS with this certificate, and talk to peers with mutual TLS (both directions
+    /// present certificates chaining to the CA). Clients need only trust the CA.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Security {
@@ -60,6 +64,7 @@ impl Security {
         Self {
             auth: Auth::Disabled,
             peer_token: None,
+            tls: None,
         }
     }
 }
@@ -182,7 +187,12 @@ pub async fn start(cfg: ServeConfig) -> Result<Server, ServeError> {
     let mut addrs = cfg.peers.clone();
     addrs.entry(id).or_insert_with(|| addr.to_string());
     let metrics = Arc::new(Metrics::new(id));
-    let transport = Transport::new(id, cfg.security.peer_token.clone());
+    let peer_tls = cfg.security.tls.as_ref().map(|t| {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&t.ca))
+            .identity(tonic::transport::Identity::from_pem(&t.cert, &t.key))
+    });
+    let transport = Transport::new(id, cfg.security.peer_token.clone(), peer_tls);
     let limits = cfg.node.apply.limits;
     let (node, node_task) = node::start(
         cfg.node.clone(),
@@ -216,15 +226,31 @@ pub async fn start(cfg: ServeConfig) -> Result<Server, ServeError> {
         authenticate.clone(),
     );
     let peer = InterceptedService::new(
-        pb::raft_peer_server::RaftPeerServer::new(PeerService::new(node.clone()))
-            .max_decoding_message_size(MAX_PEER_MESSAGE)
-            .max_encoding_message_size(MAX_PEER_MESSAGE),
+        pb::raft_peer_server::RaftPeerServer::new(PeerService::new(
+            node.clone(),
+            cfg.security.tls.is_some(),
+        ))
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE),
         authenticate,
     );
     let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = &cfg.security.tls {
+        // Client certificates are optional on the shared port (clients authenticate with
+        // tokens); the peer service refuses connections that did not present one.
+        builder = builder
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(&t.cert, &t.key))
+                    .client_ca_root(tonic::transport::Certificate::from_pem(&t.ca))
+                    .client_auth_optional(true),
+            )
+            .map_err(|e| ServeError::Config(format!("TLS: {e}")))?;
+    }
     let grpc = tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
+        let result = builder
             .tcp_nodelay(true)
             .add_service(spine)
             .add_service(peer)

@@ -31,6 +31,8 @@ pub struct Transport {
     id: u64,
     /// The admin token presented to peers, as `authorization` metadata.
     token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// Mutual TLS to peers, when on.
+    tls: Option<tonic::transport::ClientTlsConfig>,
     peers: Mutex<HashMap<u64, Peer>>,
     node: OnceLock<NodeHandle>,
 }
@@ -43,11 +45,16 @@ impl std::fmt::Debug for Transport {
 
 impl Transport {
     /// A transport for node `id` with no peers yet, presenting `token` to them.
-    pub fn new(id: u64, token: Option<authz_aggregate::Token>) -> Arc<Self> {
+    pub fn new(
+        id: u64,
+        token: Option<authz_aggregate::Token>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Arc<Self> {
         let token = token.and_then(|t| format!("Bearer {}", t.to_base64()).parse().ok());
         Arc::new(Self {
             id,
             token,
+            tls,
             peers: Mutex::new(HashMap::new()),
             node: OnceLock::new(),
         })
@@ -120,10 +127,22 @@ async fn run_peer(
     addr: String,
     mut rx: mpsc::Receiver<Message>,
 ) {
-    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+    let scheme = if transport.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}")).and_then(|e| {
+            match &transport.tls {
+                Some(tls) => e.tls_config(tls.clone()),
+                None => Ok(e),
+            }
+        });
+    let endpoint = match endpoint {
         Ok(e) => e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true),
         Err(e) => {
-            tracing::error!(peer = to, %addr, error = %e, "invalid peer address");
+            tracing::error!(peer = to, %addr, error = %e, "invalid peer address or TLS settings");
             return;
         }
     };
@@ -192,12 +211,17 @@ async fn run_peer(
 #[derive(Debug, Clone)]
 pub struct PeerService {
     node: NodeHandle,
+    require_client_cert: bool,
 }
 
 impl PeerService {
-    /// Serves `node`.
-    pub fn new(node: NodeHandle) -> Self {
-        Self { node }
+    /// Serves `node`; with `require_client_cert` (TLS on), only connections that presented a
+    /// certificate chaining to the deployment's CA may send Raft messages.
+    pub fn new(node: NodeHandle, require_client_cert: bool) -> Self {
+        Self {
+            node,
+            require_client_cert,
+        }
     }
 }
 
@@ -208,6 +232,11 @@ impl pb::raft_peer_server::RaftPeer for PeerService {
         request: tonic::Request<pb::RaftBatch>,
     ) -> Result<tonic::Response<pb::SendAck>, tonic::Status> {
         crate::auth::Access::of(&request)?.admin("Raft peer traffic")?;
+        if self.require_client_cert && request.peer_certs().is_none_or(|c| c.is_empty()) {
+            return Err(tonic::Status::permission_denied(
+                "Raft peer traffic needs mutual TLS: connect with a node certificate signed by the deployment's CA",
+            ));
+        }
         let batch = request.into_inner();
         for bytes in batch.messages {
             let m = Message::parse_from_bytes(&bytes).map_err(|e| {

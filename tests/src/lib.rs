@@ -180,6 +180,8 @@ pub struct ClusterOpts {
     pub args: Vec<String>,
     /// Run without authentication (`--no-auth`) instead of with `spine init`'s credentials.
     pub no_auth: bool,
+    /// Serve TLS, with mutual TLS between the nodes (`spine init --tls` certificates).
+    pub tls: bool,
 }
 
 impl Default for ClusterOpts {
@@ -187,6 +189,7 @@ impl Default for ClusterOpts {
         Self {
             args: vec!["--tick-ms".into(), "50".into()],
             no_auth: false,
+            tls: false,
         }
     }
 }
@@ -201,11 +204,12 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Runs `spine init --dir DIR`.
-    pub async fn init(dir: PathBuf) -> anyhow::Result<Self> {
+    /// Runs `spine init --dir DIR [--tls]`.
+    pub async fn init(dir: PathBuf, tls: bool) -> anyhow::Result<Self> {
         let out = Command::new(bin("spine")?)
             .args(["init", "--dir"])
             .arg(&dir)
+            .args(tls.then_some("--tls"))
             .output()
             .await
             .context("running spine init")?;
@@ -233,6 +237,18 @@ impl Credentials {
     pub fn admin_token_file(&self) -> PathBuf {
         self.dir.join("admin.token")
     }
+    /// The TLS CA certificate.
+    pub fn tls_ca(&self) -> PathBuf {
+        self.dir.join("tls/ca.pem")
+    }
+    /// The node certificate.
+    pub fn tls_cert(&self) -> PathBuf {
+        self.dir.join("tls/node.pem")
+    }
+    /// The node key.
+    pub fn tls_key(&self) -> PathBuf {
+        self.dir.join("tls/node.key")
+    }
 }
 
 #[derive(Debug)]
@@ -259,7 +275,7 @@ impl Cluster {
     /// Starts `n` founding nodes with ids 1..=n and waits for a leader.
     pub async fn start(n: u64, opts: ClusterOpts) -> anyhow::Result<Self> {
         let tmp = tempfile::tempdir()?;
-        let creds = Credentials::init(tmp.path().join("credentials")).await?;
+        let creds = Credentials::init(tmp.path().join("credentials"), opts.tls).await?;
         let mut c = Self {
             tmp,
             opts,
@@ -349,6 +365,14 @@ impl Cluster {
                 .arg("--peer-token-file")
                 .arg(self.creds.admin_token_file());
         }
+        if self.opts.tls {
+            cmd.arg("--tls-cert")
+                .arg(self.creds.tls_cert())
+                .arg("--tls-key")
+                .arg(self.creds.tls_key())
+                .arg("--tls-ca")
+                .arg(self.creds.tls_ca());
+        }
         cmd.args(&self.opts.args)
             .args(&node.extra)
             .env(
@@ -423,7 +447,19 @@ impl Cluster {
 
     /// A client builder for every node, presenting the admin token.
     pub fn client_builder(&self) -> spine_client::ClientBuilder {
-        spine_client::Client::builder(self.endpoints()).token(self.token())
+        let builder = spine_client::Client::builder(self.endpoints()).token(self.token());
+        match self.tls_ca_pem() {
+            Some(ca) => builder.tls_ca(ca),
+            None => builder,
+        }
+    }
+
+    /// The CA certificate (PEM) clients trust, when the cluster serves TLS.
+    pub fn tls_ca_pem(&self) -> Option<Vec<u8>> {
+        self.opts
+            .tls
+            .then(|| std::fs::read(self.creds.tls_ca()).ok())
+            .flatten()
     }
 
     /// A client for every node, presenting the admin token.
@@ -435,8 +471,25 @@ impl Cluster {
     pub fn agent_config(&self) -> node_agent::AgentConfig {
         node_agent::AgentConfig {
             token: Some(self.token()),
+            tls_ca_pem: self.tls_ca_pem(),
             ..node_agent::AgentConfig::default()
         }
+    }
+
+    /// A gRPC endpoint of one node: `https` with the cluster's CA when it serves TLS.
+    pub fn grpc_endpoint(&self, id: u64) -> anyhow::Result<tonic::transport::Endpoint> {
+        Ok(match self.tls_ca_pem() {
+            Some(ca) => {
+                tonic::transport::Endpoint::from_shared(format!("https://{}", self.endpoint(id)))?
+                    .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+                )?
+            }
+            None => {
+                tonic::transport::Endpoint::from_shared(format!("http://{}", self.endpoint(id)))?
+            }
+        })
     }
 
     /// A raw gRPC client of one node, presenting the admin token.
@@ -446,7 +499,8 @@ impl Cluster {
 
     /// A raw gRPC client of one node, presenting `token` (or none).
     pub async fn raw_with(&self, id: u64, token: Option<&str>) -> anyhow::Result<RawClient> {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.endpoint(id)))?
+        let ch = self
+            .grpc_endpoint(id)?
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(10))
             .connect()

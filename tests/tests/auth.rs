@@ -349,3 +349,58 @@ async fn a_ca_token_writes_only_its_own_maps_and_reads_only_its_app() -> anyhow:
     cluster.wait_converged(Duration::from_secs(10)).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn with_tls_nodes_talk_mutual_tls_and_clients_need_the_ca() -> anyhow::Result<()> {
+    let cluster = Cluster::start(
+        3,
+        ClusterOpts {
+            tls: true,
+            ..ClusterOpts::default()
+        },
+    )
+    .await?;
+    // Replication works over mutual TLS between the nodes.
+    let client = cluster.client()?;
+    let app = AppName::parse("acme-shop")?;
+    let map = sharing_map::MapName::parse("alice-phone-tls")?;
+    client.create_map(&app, &map, vec![]).await?;
+    for i in 0..5u32 {
+        client
+            .put(
+                &app,
+                &map,
+                vec![(
+                    std::sync::Arc::from("k"),
+                    Some(sharing_map::Entry::value(serde_json::json!(i))),
+                )],
+                sharing_map::UpdateId::parse(&format!("t{i}"))?,
+            )
+            .await?;
+    }
+    let digest = cluster.wait_converged(Duration::from_secs(20)).await?;
+    assert_eq!(digest.maps, 1);
+
+    // A plaintext client gets no answer from a TLS port.
+    let plain = spine_client::Client::builder(vec![cluster.endpoint(1)])
+        .token(cluster.token())
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    assert!(plain.get_map(&app, &map, false).await.is_err());
+
+    // A client that trusts the CA but presents no certificate may not pose as a peer, even
+    // with the admin token.
+    let ch = cluster.grpc_endpoint(1)?.connect().await?;
+    let mut peer = pb::raft_peer_client::RaftPeerClient::new(ch);
+    let mut send = tonic::Request::new(pb::RaftBatch {
+        from: 2,
+        messages: vec![],
+    });
+    send.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", cluster.token()).parse()?,
+    );
+    let code = peer.send(send).await.err().map(|s| s.code());
+    assert_eq!(code, Some(Code::PermissionDenied));
+    Ok(())
+}

@@ -90,6 +90,9 @@ struct RunArgs {
     /// File holding the token.
     #[arg(long, env = "SPINE_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Connect to the Spine with TLS, trusting this CA certificate (PEM).
+    #[arg(long, env = "SPINE_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +163,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         first_version_timeout: Duration::from_secs(args.first_version_timeout_secs.max(1)),
         no_exec: args.no_exec,
         token: spine_client::resolve_token(args.token.clone(), args.token_file.as_deref())?,
+        tls_ca_pem: match &args.tls_ca {
+            Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+            None => None,
+        },
         ..AgentConfig::default()
     };
     let daemon_cfg = DaemonConfig {

@@ -56,6 +56,25 @@ pub struct Cli {
     #[arg(long, global = true, env = "SPINE_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<std::path::PathBuf>,
 
+    /// Connect with TLS, trusting this CA certificate (PEM; `spine dev --tls` writes
+    /// spine-data/tls/ca.pem).
+    #[arg(long, global = true, env = "SPINE_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key and --tls-ca.
+    #[arg(long, global = true, env = "SPINE_TLS_CERT", value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "SPINE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Seconds a request may take, retries on other endpoints included.
     #[arg(long, global = true, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
     pub timeout: Duration,

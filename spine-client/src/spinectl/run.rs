@@ -20,6 +20,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     {
         builder = builder.token(token);
     }
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    if let Some(ca) = &cli.tls_ca {
+        builder = builder.tls_ca(read(ca)?);
+    }
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        builder = builder.tls_identity(read(cert)?, read(key)?);
+    }
     let client = builder.build()?;
     let out = Printer(cli.output);
     match cli.command {
