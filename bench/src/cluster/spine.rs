@@ -45,6 +45,7 @@ impl SpineTarget {
     /// Makes credentials with `spine init`, starts 3 `spine serve` nodes that require them
     /// (the Spine's default), with data and logs under `dir`, and waits for a leader.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        eprintln!("building (if needed) and locating the spine binary with cargo ...");
         let spine = spine_tests::bin("spine")?;
         let creds = dir.join("spine-credentials");
         let init = Command::new(&spine)
