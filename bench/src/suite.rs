@@ -71,7 +71,7 @@ pub struct SuiteArgs {
     /// Propagation: subscribers per run [full: 1,100].
     #[arg(long, value_delimiter = ',')]
     pub subscribers: Option<Vec<usize>>,
-    /// Propagation: updates measured per run [full: 200].
+    /// Propagation: updates measured per run [full: 500].
     #[arg(long)]
     pub updates: Option<u64>,
     /// Fan-out: subscribers [full: 1000].
@@ -113,7 +113,7 @@ impl Params {
             writers: vec![1, 16, 256, 1000],
             write_seconds: 10.0,
             subscribers: vec![1, 100],
-            updates: 200,
+            updates: 500,
             fanout: fanout::Shape {
                 subscribers: 1000,
                 maps: 10_000,

@@ -58,6 +58,8 @@ impl Follower for AgentFollower {
 #[derive(Debug)]
 pub struct Watcher {
     stream: WatchStream,
+    /// The key's last revision this watcher has seen.
+    revision: i64,
 }
 
 impl Follower for Watcher {
@@ -67,7 +69,15 @@ impl Follower for Watcher {
             if response.canceled {
                 bail!("etcd canceled the watch: {}", response.cancel_reason);
             }
-            if !response.events.is_empty() {
+            // Only the writer writes the key, so the first event past the last one seen is the
+            // update being waited for.
+            let newest = response
+                .events
+                .iter()
+                .filter_map(|e| e.kv.as_ref().map(|kv| kv.mod_revision))
+                .max();
+            if let Some(rev) = newest.filter(|r| *r > self.revision) {
+                self.revision = rev;
                 return Ok((self, Instant::now()));
             }
         }
@@ -182,17 +192,20 @@ pub async fn etcd(
     let key = format!("{prefix}/prop/s{n}").into_bytes();
     let mut writers = load::etcd_writers(target, vec![key.clone()]).await?;
     let mut writer = writers.pop().context("no writer")?;
+    let revision = writer.mod_revision;
     let followers: Vec<Watcher> = futures::stream::iter(0..n)
         .map(|i| {
             let key = key.clone();
             async move {
                 let conn = target.connect(1 + i).await?;
-                let mut stream = conn.watch(&[(&key, false, 0)]).await?;
+                // From the revision after the key's first put: a watch "from now" on a follower
+                // that has not applied that put yet would deliver the put as if it were an update.
+                let mut stream = conn.watch(&[(&key, false, revision + 1)]).await?;
                 let early = stream.created(1).await?;
                 if !early.is_empty() {
                     bail!("a watcher saw an update before any was written");
                 }
-                anyhow::Ok(Watcher { stream })
+                anyhow::Ok(Watcher { stream, revision })
             }
         })
         .buffer_unordered(CONNECT_CONCURRENCY)
