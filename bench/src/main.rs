@@ -128,7 +128,7 @@ async fn propagation(
     println!("| agents | updates | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|");
     for &n in agent_counts {
-        let outcome = workload::propagation::spine(&spine, &app, n, updates).await?;
+        let outcome = workload::propagation::spine(&spine, &app, n, 1, updates).await?;
         let f = |k| outcome.figures.get(k).copied().unwrap_or_default();
         println!(
             "| {n} | {updates} | {:.2} | {:.2} | {:.2} |",

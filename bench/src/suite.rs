@@ -71,6 +71,10 @@ pub struct SuiteArgs {
     /// Propagation: subscribers per run [full: 1,100].
     #[arg(long, value_delimiter = ',')]
     pub subscribers: Option<Vec<usize>>,
+    /// Propagation, diagnostics: connection of the first subscriber (0: the leader, 1: a
+    /// follower; subscriber i uses connection first + i, member (first + i) mod 3).
+    #[arg(long, default_value_t = 1)]
+    pub subscribers_from: usize,
     /// Propagation: updates measured per run [full: 500].
     #[arg(long)]
     pub updates: Option<u64>,
@@ -261,6 +265,9 @@ impl Recorder {
             Err(e) => {
                 eprintln!("[{workload} {parameter}] {} FAILED: {e:#}", system.name());
                 m.error = Some(format!("{e:#}"));
+                if let Some(cpu) = server_cpu.filter(|_| !pids.is_empty()) {
+                    m.details = serde_json::json!({ "server_cpu_s": crate::stats::round3(cpu) });
+                }
             }
         }
         self.measurements.push(m);
@@ -368,6 +375,15 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
         SpineTarget::existing(args.spine_endpoints.clone(), token).await?
     };
     spine.agent_lag_probe = args.agent_lag_probe_secs.map(Duration::from_secs_f64);
+    if args.subscribers_from != 1 {
+        setup.insert(
+            "diagnostics: subscribers",
+            format!(
+                "propagation subscribers start at connection {} (0 is the leader)",
+                args.subscribers_from
+            ),
+        );
+    }
     if let Some(secs) = args.agent_lag_probe_secs {
         setup.insert(
             "diagnostics",
@@ -441,12 +457,24 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
             for system in systems(&args, k) {
                 match system {
                     System::Etcd => {
-                        let run = workload::propagation::etcd(&etcd, &prefix, n, params.updates);
+                        let run = workload::propagation::etcd(
+                            &etcd,
+                            &prefix,
+                            n,
+                            args.subscribers_from,
+                            params.updates,
+                        );
                         rec.measure("propagation", &parameter, system, &etcd_pids, run)
                             .await;
                     }
                     System::Spine => {
-                        let run = workload::propagation::spine(&spine, &app, n, params.updates);
+                        let run = workload::propagation::spine(
+                            &spine,
+                            &app,
+                            n,
+                            args.subscribers_from,
+                            params.updates,
+                        );
                         rec.measure("propagation", &parameter, system, &spine_pids, run)
                             .await;
                     }

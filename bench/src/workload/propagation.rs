@@ -4,8 +4,9 @@
 //! visible at one subscriber (pinnable in an agent; delivered to a watcher); an update visible
 //! before the writer saw its acknowledgement counts as 0.
 //!
-//! Writes go to the leader (connection 0); subscriber `i` uses connection `i + 1`, so a single
-//! subscriber sits on a follower and many spread over all members.
+//! Writes go to the leader (connection 0); subscriber `i` uses connection `first + i` (`first` is
+//! 1 unless a diagnostic asks otherwise), so a single subscriber sits on a follower and many
+//! spread over all members.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -147,20 +148,22 @@ fn outcome(samples: &Samples, subscribers: usize) -> anyhow::Result<Outcome> {
     Ok(out)
 }
 
-/// `n` node agents follow one fresh map of `app`; `updates` updates.
+/// `n` node agents follow one fresh map of `app`, the first on connection `first`; `updates`
+/// updates.
 pub async fn spine(
     target: &SpineTarget,
     app: &AppName,
     n: usize,
+    first: usize,
     updates: u64,
 ) -> anyhow::Result<Outcome> {
-    let map = MapName::parse(&format!("prop-s{n}-m"))?;
+    let map = MapName::parse(&format!("prop-s{n}-c{first}"))?;
     let mut writers = load::spine_writers(target, app, vec![map.clone()]).await?;
     let mut writer = writers.pop().context("no writer")?;
     let version = writer.version;
     let followers: Vec<AgentFollower> = futures::stream::iter(0..n)
         .map(|i| {
-            let access = target.access(1 + i);
+            let access = target.access(first + i);
             let (app, map) = (app.clone(), map.clone());
             async move {
                 let agent = Agent::connect(access.endpoints, access.agent).await?;
@@ -182,14 +185,16 @@ pub async fn spine(
     outcome(&samples, n)
 }
 
-/// `n` watchers on one fresh key under `prefix`; `updates` updates.
+/// `n` watchers on one fresh key under `prefix`, the first on connection `first`; `updates`
+/// updates.
 pub async fn etcd(
     target: &EtcdTarget,
     prefix: &str,
     n: usize,
+    first: usize,
     updates: u64,
 ) -> anyhow::Result<Outcome> {
-    let key = format!("{prefix}/prop/s{n}").into_bytes();
+    let key = format!("{prefix}/prop/s{n}/c{first}").into_bytes();
     let mut writers = load::etcd_writers(target, vec![key.clone()]).await?;
     let mut writer = writers.pop().context("no writer")?;
     let revision = writer.mod_revision;
@@ -197,7 +202,7 @@ pub async fn etcd(
         .map(|i| {
             let key = key.clone();
             async move {
-                let conn = target.connect(1 + i).await?;
+                let conn = target.connect(first + i).await?;
                 // From the revision after the key's first put: a watch "from now" on a follower
                 // that has not applied that put yet would deliver the put as if it were an update.
                 let mut stream = conn.watch(&[(&key, false, revision + 1)]).await?;
