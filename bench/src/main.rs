@@ -1,21 +1,34 @@
-//! `spine-bench`: cluster benchmarks that start real `spine serve` processes on loopback.
+//! `spine-bench`: cluster benchmarks on real processes on loopback.
 //!
-//! `spine-bench propagation --agents 1,100 --updates 200` measures the time from a writer's
-//! acknowledgement to the new version being pinnable on node agents, and the memory an agent
-//! spends per followed map. Run it with `--release` for meaningful figures.
+//! - `spine-bench suite` drives a 3-node Spine cluster and a 3-member etcd cluster (both started
+//!   here, or given by endpoints) with the same load generator and payloads, alternating between
+//!   them, and writes a Markdown table of ratios, JSON and an SVG of latency distributions.
+//!   `--smoke` runs the same code paths with tiny parameters in seconds, for CI.
+//! - `spine-bench propagation` measures only Spine's writer-ack → node-agent latency and the
+//!   agent's memory per followed map.
+//!
+//! Build it with `--release`: the Spine binaries it starts are taken from the same profile.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod chart;
+mod cluster;
+mod etcd;
+mod load;
+mod procfs;
+mod report;
+mod stats;
+mod suite;
+mod workload;
+
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use hdrhistogram::Histogram;
 use node_agent::Agent;
-use serde_json::json;
-use sharing_map::{AppName, ChangeSet, Entry, MapName, UpdateId};
-use spine_tests::{Cluster, ClusterOpts};
+use sharing_map::{AppName, MapName};
 
-/// Spine cluster benchmarks.
+use crate::cluster::SpineTarget;
+
+/// Cluster benchmarks of Spine, side by side with etcd.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
@@ -25,7 +38,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Writer acknowledgement to version pinnable on node agents; agent memory per map.
+    /// Every workload on Spine and etcd; writes report.md, results.json, latency.svg.
+    Suite(Box<suite::SuiteArgs>),
+    /// Spine only: writer acknowledgement to version pinnable on node agents; agent memory.
     Propagation {
         /// Agent counts to measure, comma-separated (each agent has its own stream).
         #[arg(long, value_delimiter = ',', default_value = "1,100")]
@@ -40,123 +55,104 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Propagation {
-            agents,
-            updates,
-            memory_maps,
-        } => propagation(&agents, updates, memory_maps).await,
+async fn main() -> ExitCode {
+    let command = async {
+        match Cli::parse().command {
+            Command::Suite(args) => run_suite(*args).await,
+            Command::Propagation {
+                agents,
+                updates,
+                memory_maps,
+            } => propagation(&agents, updates, memory_maps).await,
+        }
+    };
+    // On Ctrl-C or SIGTERM the command is dropped, and with it the clusters: their processes
+    // are killed rather than left running.
+    let result = tokio::select! {
+        result = command => result,
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}; clusters stopped")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-fn rss_bytes() -> anyhow::Result<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").context("reading /proc/self/statm")?;
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .context("malformed statm")?
-        .parse()?;
-    Ok(pages * 4096)
+async fn interrupted() -> &'static str {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "Ctrl-C";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
+async fn run_suite(args: suite::SuiteArgs) -> anyhow::Result<ExitCode> {
+    let out = args.out.clone();
+    let report = suite::run(args).await?;
+    println!("{}", report.table());
+    for goal in &report.goals {
+        let mark = match goal.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured",
+        };
+        println!("{mark}: {} — {}", goal.goal, goal.evidence);
+    }
+    for path in suite::write_outputs(&report, &out)? {
+        eprintln!("wrote {}", path.display());
+    }
+    eprintln!("suite took {:.0} s", report.total_seconds);
+    if report.failed() {
+        eprintln!("error: some workloads failed (see the Errors section of report.md)");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn propagation(
     agent_counts: &[usize],
     updates: u64,
     memory_maps: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ExitCode> {
     eprintln!("starting a 3-node cluster ...");
-    let cluster = Cluster::start(
-        3,
-        ClusterOpts {
-            args: vec![],
-            ..ClusterOpts::default()
-        },
-    )
-    .await?;
+    let tmp = tempfile::tempdir()?;
+    let mut spine = SpineTarget::start(tmp.path()).await?;
     let app = AppName::parse("bench-app")?;
-    let agent_config = cluster.agent_config();
-    let client = cluster
-        .client_builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
     println!("| agents | updates | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|");
     for &n in agent_counts {
-        let map = MapName::parse(&format!("bench-prop-a{n}"))?;
-        client.create_map(&app, &map, vec![]).await?;
-        let mut replicas = Vec::with_capacity(n);
-        for i in 0..n {
-            let endpoints = {
-                let mut e = cluster.endpoints();
-                e.rotate_left(i % 3);
-                e
-            };
-            let agent = Agent::connect(endpoints, agent_config.clone()).await?;
-            replicas.push((agent.clone(), agent.replica(&app, &map).await?));
-        }
-        let mut hist = Histogram::<u64>::new(3)?;
-        for v in 0..updates {
-            let cs = ChangeSet::from_ops(
-                map.clone(),
-                v,
-                UpdateId::parse(&format!("p{v}"))?,
-                [(Arc::from("k"), Some(Entry::value(json!(v))))],
-            );
-            let waits = replicas.iter().map(|(_, r)| {
-                let mut r = r.clone();
-                async move {
-                    while r.version() < v + 1 {
-                        r.changed().await?;
-                    }
-                    anyhow::Ok(Instant::now())
-                }
-            });
-            let waiting = tokio::spawn(futures::future::try_join_all(waits));
-            client.update(&app, vec![cs]).await?;
-            let acked = Instant::now();
-            let seen = tokio::time::timeout(Duration::from_secs(30), waiting).await???;
-            for t in seen {
-                let micros = t.saturating_duration_since(acked).as_micros() as u64;
-                hist.record(micros.max(1))?;
-            }
-        }
+        let outcome = workload::propagation::spine(&spine, &app, n, updates).await?;
+        let f = |k| outcome.figures.get(k).copied().unwrap_or_default();
         println!(
             "| {n} | {updates} | {:.2} | {:.2} | {:.2} |",
-            ms(&hist, 0.5),
-            ms(&hist, 0.99),
-            hist.max() as f64 / 1000.0
+            f("p50_ms"),
+            f("p99_ms"),
+            f("max_ms")
         );
-        for (agent, _) in &replicas {
-            agent.shutdown();
-        }
     }
 
     eprintln!("creating {memory_maps} maps for the memory measurement ...");
     let names: Vec<MapName> = (0..memory_maps)
         .map(|i| MapName::parse(&format!("bench-mem-m{i}")))
         .collect::<Result<_, _>>()?;
-    let creates = names.chunks(memory_maps.div_ceil(64).max(1)).map(|chunk| {
-        let (client, app, chunk) = (client.clone(), app.clone(), chunk.to_vec());
-        async move {
-            for m in chunk {
-                client.create_map(&app, &m, vec![]).await?;
-            }
-            anyhow::Ok(())
-        }
-    });
-    futures::future::try_join_all(creates).await?;
-    let agent = Agent::connect(cluster.endpoints(), cluster.agent_config()).await?;
-    let warm = agent.replica(&app, &names[0]).await?;
-    let before = rss_bytes()?;
+    load::spine_writers(&spine, &app, names.clone()).await?;
+    let access = spine.access(0);
+    let agent = Agent::connect(access.endpoints, access.agent).await?;
+    let first = names.first().context("--memory-maps must be at least 1")?;
+    let warm = agent.replica(&app, first).await?;
+    let me = std::process::id();
+    let before = procfs::rss_bytes(me)?;
     let opens = names[1..].iter().map(|m| agent.replica(&app, m));
     let held = futures::future::try_join_all(opens).await?;
-    let after = rss_bytes()?;
-    let per_map = (after.saturating_sub(before)) as f64 / held.len().max(1) as f64;
+    let after = procfs::rss_bytes(me)?;
+    let per_map = after.saturating_sub(before) as f64 / held.len().max(1) as f64;
     println!(
         "\nagent memory: {} maps followed, RSS +{} KiB, {:.0} bytes per followed map (empty maps; add the maps' own content)",
         held.len(),
@@ -164,5 +160,7 @@ async fn propagation(
         per_map
     );
     drop((warm, held));
-    Ok(())
+    agent.shutdown();
+    spine.procs.stop().await;
+    Ok(ExitCode::SUCCESS)
 }
