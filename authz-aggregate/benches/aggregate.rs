@@ -203,7 +203,7 @@ fn bench_tokens(c: &mut Criterion) {
     });
     // What the Spine does per request: the signature check once per distinct token, then a
     // lookup by the token's bytes and the constraint match.
-    let verifier = Verifier::new(public.clone());
+    let verifier = Verifier::new(public);
     g.bench_function("server_cached_2_blocks", |b| {
         b.iter(|| {
             verifier

@@ -10,9 +10,9 @@
 //!   check(), explain()                                  feed the AggregateIndex, follow what it wants
 //! ```
 //!
-//! [`Aggregate::open`] holds a [`Replica`] of the root and of every map the
-//! [`AggregateIndex`](authz_aggregate::AggregateIndex) wants (reachable maps, and linked maps that
-//! do not exist yet), so the agent keeps them all subscribed. A linked map that does not exist is
+//! [`Aggregate::open`] holds a [`Replica`] of the root and of every map the [`AggregateIndex`]
+//! wants (reachable maps, and linked maps that do not exist yet), so the agent keeps them all
+//! subscribed. A linked map that does not exist is
 //! listed by [`AggregateSnapshot::missing`] and tried again in the background until it is created,
 //! without holding up anything else; a map that stops being linked is released.
 //!

@@ -16,6 +16,9 @@
 //! - **Out-of-process readers**: the `spine-agent` daemon ([`daemon`]) serves this API over gRPC
 //!   on a Unix socket (`spine.agent.v1.NodeAgent`: pin, get, invoke, release, watch, status), so
 //!   reader processes in any language share one agent per machine.
+//! - **Aggregates** ([`aggregate::Aggregate`]): the maps linked from a root ACL map through
+//!   `__link_key__`, followed live, with one immutable snapshot of all of them per message for
+//!   `check`/`explain` (DESIGN.md §6).
 //! - **Metrics**: [`metrics::render`] turns [`Agent::status`] into Prometheus text (agent-wide
 //!   figures only, no series per map); `spine-agent --metrics-listen` serves it.
 //!

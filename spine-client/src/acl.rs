@@ -319,11 +319,13 @@ pub fn explain(
         .collect()
 }
 
-/// Whether `principal` has `role` (any role, without one) in an aggregate.
+/// Whether `principal` has `role` in an aggregate; without a role, whether any value grants it
+/// (as aggregate rules decide).
 pub fn check(snapshot: &AggregateSnapshot, principal: &AclPrincipal, role: Option<&str>) -> bool {
     principal.granting_keys().iter().any(|key| {
         snapshot.get_all(key).iter().any(|found| match role {
-            None => !roles_of(found.value()).is_empty(),
+            // Like the aggregate rules: any value grants.
+            None => true,
             Some(role) => roles_of(found.value()).iter().any(|r| r == role),
         })
     })

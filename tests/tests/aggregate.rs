@@ -165,19 +165,23 @@ async fn removing_a_grant_from_a_linked_map_revokes_it_with_that_update() -> any
     Ok(())
 }
 
-/// Staff and guests are written together; at version `v` of both, `bob` (even) or `carol` (odd)
-/// is in staff, and `dave` is in guests (even) or staff (odd).
-fn expected_state(
-    snap: &AggregateSnapshot,
-    staff: &MapName,
-    guests: &MapName,
-) -> anyhow::Result<u64> {
-    let (sv, gv) = (version_of(snap, staff), version_of(snap, guests));
+/// The linked maps written together in every request of the torn-policy test.
+const TEAMS: u64 = 6;
+
+/// At version `v` of every team (they are always written together): `bob` (`v` even) or `carol`
+/// (`v` odd) is in team 0, `dave` is in team `v % TEAMS` only, and every team's `round` is `v`.
+fn expected_state(snap: &AggregateSnapshot, teams: &[MapName]) -> anyhow::Result<u64> {
+    let versions: Vec<Option<u64>> = teams.iter().map(|t| version_of(snap, t)).collect();
+    let v = versions[0].context("team 0 is not in the aggregate")?;
     ensure!(
-        sv == gv,
-        "torn across maps: staff at {sv:?}, guests at {gv:?}"
+        versions.iter().all(|x| *x == Some(v)),
+        "torn across maps: versions {versions:?}"
     );
-    let v = sv.context("staff is not in the aggregate")?;
+    let rounds: Vec<&Value> = snap.get_all("round").iter().map(|f| f.value()).collect();
+    ensure!(
+        rounds.len() == teams.len() && rounds.iter().all(|r| **r == json!(v)),
+        "at version {v} the rounds are {rounds:?}"
+    );
     let (bob, carol) = (
         check(snap, &ca("bob-phone")?),
         check(snap, &ca("carol-phone")?),
@@ -187,12 +191,40 @@ fn expected_state(
         "torn grant move at version {v}: bob {bob}, carol {carol}"
     );
     let dave: Vec<&MapName> = snap.get_all("dave").iter().map(|f| f.map()).collect();
-    let expected = if v % 2 == 0 { guests } else { staff };
+    let home = &teams[(v % TEAMS) as usize];
     ensure!(
-        dave == [expected],
-        "at version {v} dave is in {dave:?}, expected only {expected}"
+        dave == [home],
+        "at version {v} dave is in {dave:?}, expected only {home}"
     );
     Ok(v)
+}
+
+/// The request taking every team from version `v` to `v + 1`: moves bob <-> carol within team 0
+/// (one change set) and dave from one team to the next (two), and bumps every round.
+fn move_grants(teams: &[MapName], v: u64) -> anyhow::Result<Vec<ChangeSet>> {
+    let round = json!(v + 1);
+    let (from, to) = (v % TEAMS, (v + 1) % TEAMS);
+    let mut sets = Vec::new();
+    for (j, team) in (0..).zip(teams) {
+        let mut ops = vec![("round", Some(round.clone()))];
+        if j == 0 {
+            let (gone, granted) = if v % 2 == 0 {
+                ("bob", "carol")
+            } else {
+                ("carol", "bob")
+            };
+            ops.push((gone, None));
+            ops.push((granted, Some(json!(["admin"]))));
+        }
+        if j == from {
+            ops.push(("dave", None));
+        }
+        if j == to {
+            ops.push(("dave", Some(json!(["viewer"]))));
+        }
+        sets.push(change(team, v, &ops)?);
+    }
+    Ok(sets)
 }
 
 // Several worker threads, so the agent applies updates while the aggregate reads replicas.
@@ -203,63 +235,32 @@ async fn readers_never_see_half_of_a_policy_change() -> anyhow::Result<()> {
     let client = cluster.client()?;
     let app = AppName::parse(APP)?;
     let root = name("acme-admin-roles")?;
-    let staff = name("acme-admin-staff")?;
-    let guests = name("acme-admin-guests")?;
+    let teams: Vec<MapName> = (0..TEAMS)
+        .map(|j| name(&format!("acme-admin-team{j}")))
+        .collect::<anyhow::Result<_>>()?;
+    for (j, team) in (0..).zip(&teams) {
+        let mut initial = vec![("round", json!(0))];
+        if j == 0 {
+            initial.extend([("bob", json!(["admin"])), ("dave", json!(["viewer"]))]);
+        }
+        client.create_map(&app, team, entries(&initial)).await?;
+    }
+    let links: Vec<&str> = teams.iter().map(MapName::as_str).collect();
     client
-        .create_map(&app, &staff, entries(&[("bob", json!(["admin"]))]))
-        .await?;
-    client
-        .create_map(&app, &guests, entries(&[("dave", json!(["viewer"]))]))
-        .await?;
-    client
-        .create_map(
-            &app,
-            &root,
-            entries(&[(LINK_KEY, json!([staff.as_str(), guests.as_str()]))]),
-        )
+        .create_map(&app, &root, entries(&[(LINK_KEY, json!(links))]))
         .await?;
     let agent = Agent::connect(vec![cluster.endpoint(3)], agent_config(&cluster)).await?;
     let mut agg = Aggregate::open(&agent, app.clone(), root.clone()).await?;
     let held = agg.snapshot();
-    assert_eq!(expected_state(&held, &staff, &guests)?, 0);
+    assert_eq!(expected_state(&held, &teams)?, 0);
 
-    // Each request moves bob <-> carol within staff and dave between guests and staff: three
-    // change sets' worth of policy in two maps, committed together.
     let writer = {
-        let (client, app, staff, guests) =
-            (client.clone(), app.clone(), staff.clone(), guests.clone());
+        let (client, app, teams) = (client.clone(), app.clone(), teams.clone());
         tokio::spawn(async move {
             for v in 0..UPDATES {
-                let (staff_ops, guest_ops) = if v % 2 == 0 {
-                    (
-                        vec![
-                            ("bob", None),
-                            ("carol", Some(json!(["admin"]))),
-                            ("dave", Some(json!(["viewer"]))),
-                        ],
-                        vec![("dave", None)],
-                    )
-                } else {
-                    (
-                        vec![
-                            ("carol", None),
-                            ("bob", Some(json!(["admin"]))),
-                            ("dave", None),
-                        ],
-                        vec![("dave", Some(json!(["viewer"])))],
-                    )
-                };
-                let versions = client
-                    .update(
-                        &app,
-                        vec![
-                            change(&staff, v, &staff_ops)?,
-                            change(&guests, v, &guest_ops)?,
-                        ],
-                    )
-                    .await?;
+                let versions = client.update(&app, move_grants(&teams, v)?).await?;
                 ensure!(
-                    versions == [v + 1, v + 1],
+                    versions.iter().all(|x| *x == v + 1),
                     "unexpected versions {versions:?}"
                 );
             }
@@ -267,15 +268,14 @@ async fn readers_never_see_half_of_a_policy_change() -> anyhow::Result<()> {
         })
     };
 
-    // A second reader polls the newest snapshot as fast as the updates arrive.
+    // A second reader polls the newest snapshot while the updates arrive.
     let done = Arc::new(AtomicBool::new(false));
     let polled = Arc::new(AtomicUsize::new(0));
     let poller = {
-        let (agg, done, polled) = (agg.clone(), done.clone(), polled.clone());
-        let (staff, guests) = (staff.clone(), guests.clone());
+        let (agg, done, polled, teams) = (agg.clone(), done.clone(), polled.clone(), teams.clone());
         tokio::spawn(async move {
             while !done.load(Ordering::SeqCst) {
-                expected_state(&agg.snapshot(), &staff, &guests)?;
+                expected_state(&agg.snapshot(), &teams)?;
                 polled.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -289,13 +289,13 @@ async fn readers_never_see_half_of_a_policy_change() -> anyhow::Result<()> {
         let snap = tokio::time::timeout(WAIT, agg.changed())
             .await
             .with_context(|| format!("no new snapshot after version {last}"))??;
-        let v = expected_state(&snap, &staff, &guests)?;
+        let v = expected_state(&snap, &teams)?;
         ensure!(v >= last, "went back from {last} to {v}");
         seen.insert(v);
         last = v;
         // The snapshot held since the start has not moved.
         ensure!(
-            expected_state(&held, &staff, &guests)? == 0,
+            expected_state(&held, &teams)? == 0,
             "the held snapshot changed"
         );
         ensure!(version_of(&held, &root) == version_of(&snap, &root));
