@@ -67,7 +67,10 @@ pub async fn spine(target: &SpineTarget, app: &AppName, shape: Shape) -> anyhow:
         .subscribe(specs)
         .await
         .context("resubscribing to the Spine")?;
-    let mut behind = target_versions.len();
+    let mut behind = target_versions
+        .iter()
+        .filter(|(m, v)| had.get(*m).is_some_and(|h| h < *v))
+        .count();
     let mut current: HashMap<MapName, u64> = had.clone();
     let (mut deltas, mut snapshots) = (0u64, 0u64);
     let caught_up = async {
