@@ -544,7 +544,11 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
     );
     if measurements.iter().any(|m| m.error.is_some()) {
         // The logs, not the data: after the full suite etcd's data alone is gigabytes.
-        for member in std::fs::read_dir(tmp.path())?.flatten() {
+        for member in std::fs::read_dir(tmp.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let _ = std::fs::remove_dir_all(member.path().join("data"));
         }
         let kept = tmp.keep();
