@@ -551,6 +551,8 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
         {
             let _ = std::fs::remove_dir_all(member.path().join("data"));
         }
+        // The throwaway cluster's root key is of no use to anyone afterwards.
+        let _ = std::fs::remove_dir_all(tmp.path().join("spine-credentials"));
         let kept = tmp.keep();
         eprintln!(
             "kept the servers' logs in {} for inspection",
