@@ -53,10 +53,12 @@ pub struct SuiteArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Run only these workloads (write, propagation, fan-out, catch-up).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',',
+          value_parser = ["write", "propagation", "fan-out", "catch-up"])]
     pub only: Vec<String>,
     /// Measure only these systems (spine, etcd), e.g. while profiling one of them.
-    #[arg(long, value_delimiter = ',', default_value = "etcd,spine")]
+    #[arg(long, value_delimiter = ',', default_value = "etcd,spine",
+          value_parser = ["etcd", "spine"])]
     pub systems: Vec<String>,
     /// Diagnostics: the node agents' lag probe period in seconds (default: the agent's own,
     /// 5 s). Every probe lists all maps of the app.

@@ -374,11 +374,18 @@ async fn run(
             }
             _ = probe.tick(), if !probing && !registry.is_empty() => {
                 probing = true;
-                let (client, apps, tx) = (client.clone(), registry.apps(), tx.clone());
+                // Asks for the followed maps by name: one lookup each on the server, however
+                // many maps their apps have.
+                let followed: Vec<(AppName, Vec<MapName>)> = registry
+                    .apps()
+                    .into_iter()
+                    .map(|app| { let maps = registry.maps_of(&app); (app, maps) })
+                    .collect();
+                let (client, tx) = (client.clone(), tx.clone());
                 tokio::spawn(async move {
                     let mut versions = Vec::new();
-                    for app in apps {
-                        if let Ok(maps) = client.list_maps(&app, "", true).await {
+                    for (app, names) in followed {
+                        if let Ok(maps) = client.map_versions(&app, &names, true).await {
                             versions.extend(maps.into_iter().map(|m| {
                                 (MapKey { app: app.clone(), map: m.name }, m.version)
                             }));

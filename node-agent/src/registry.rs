@@ -261,6 +261,15 @@ impl Registry {
         apps
     }
 
+    /// Followed maps of `app`.
+    pub fn maps_of(&self, app: &AppName) -> Vec<MapName> {
+        self.maps
+            .keys()
+            .filter(|k| &k.app == app)
+            .map(|k| k.map.clone())
+            .collect()
+    }
+
     /// Whether a map is followed.
     pub fn follows(&self, key: &MapKey) -> bool {
         self.maps.contains_key(key)

@@ -61,7 +61,7 @@ pub use client::{
 };
 pub use cluster::{ClusterStatus, NodeDigest, NodeInfo};
 pub use error::ClientError;
-pub use maps::{CreateOutcome, History, MapInfo, PUT_CONFLICT_RETRIES};
+pub use maps::{CreateOutcome, History, MAX_NAMES_PER_LIST, MapInfo, PUT_CONFLICT_RETRIES};
 pub use resume::{Accepted, ResumeState};
 pub use subscribe::{MapUpdate, Subscription, SubscriptionEvent, SubscriptionSpec};
 pub use tonic::Code;

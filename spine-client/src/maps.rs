@@ -13,6 +13,9 @@ use crate::{Client, ClientError};
 /// How many times [`Client::put`] re-reads the map after a version conflict.
 pub const PUT_CONFLICT_RETRIES: usize = 5;
 
+/// Most names [`Client::map_versions`] sends in one request (the server's limit).
+pub const MAX_NAMES_PER_LIST: usize = 10_000;
+
 /// What [`Client::create_map`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct CreateOutcome {
@@ -157,7 +160,36 @@ impl Client {
             prefix: prefix.to_string(),
             stale_ok,
             limit: 0,
+            names: Vec::new(),
         };
+        self.list(request).await
+    }
+
+    /// Name, version and size of each of `names` that exists in `app`, in the order asked. Costs
+    /// the server one lookup per name, whatever the size of the app (a node agent asks this for
+    /// the maps it follows, to report its lag). Asks in batches of
+    /// [`MAX_NAMES_PER_LIST`] names.
+    pub async fn map_versions(
+        &self,
+        app: &AppName,
+        names: &[MapName],
+        stale_ok: bool,
+    ) -> Result<Vec<MapInfo>, ClientError> {
+        let mut out = Vec::with_capacity(names.len());
+        for chunk in names.chunks(MAX_NAMES_PER_LIST) {
+            let request = pb::ListMapsRequest {
+                app: app.to_string(),
+                prefix: String::new(),
+                stale_ok,
+                limit: 0,
+                names: chunk.iter().map(ToString::to_string).collect(),
+            };
+            out.extend(self.list(request).await?);
+        }
+        Ok(out)
+    }
+
+    async fn list(&self, request: pb::ListMapsRequest) -> Result<Vec<MapInfo>, ClientError> {
         let answer = self
             .call(|mut rpc| {
                 let request = request.clone();

@@ -88,6 +88,32 @@ fn map(s: &str) -> Result<MapName, Status> {
     MapName::parse(s).map_err(name_status)
 }
 
+/// Most names one `ListMaps` may ask for.
+pub const MAX_LISTED_NAMES: usize = 10_000;
+
+/// The exact names a `ListMaps` asks for, if it asks for names rather than a prefix.
+fn listed_names(r: &pb::ListMapsRequest) -> Result<Option<Vec<MapName>>, Status> {
+    if r.names.is_empty() {
+        return Ok(None);
+    }
+    if !r.prefix.is_empty() {
+        return Err(Status::invalid_argument(
+            "ListMaps takes either a prefix or names, not both",
+        ));
+    }
+    if r.names.len() > MAX_LISTED_NAMES {
+        return Err(Status::invalid_argument(format!(
+            "ListMaps asked for {} names; at most {MAX_LISTED_NAMES} per request",
+            r.names.len()
+        )));
+    }
+    r.names
+        .iter()
+        .map(|n| map(n))
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
 fn membership_to_pb(m: &state::Membership) -> Vec<pb::NodeStatus> {
     let mut ids: Vec<(u64, &str)> = m
         .voters
@@ -199,21 +225,30 @@ impl pb::spine_server::Spine for SpineService {
         let r = request.into_inner();
         let app = app(&r.app)?;
         access.read(&app)?;
+        let names = listed_names(&r)?;
         let state = self.read_state(r.stale_ok).await?;
         let limit = if r.limit == 0 {
             usize::MAX
         } else {
             r.limit as usize
         };
-        let maps = state
-            .with_prefix(&app, &r.prefix)
-            .take(limit)
-            .map(|(k, s)| pb::MapInfo {
-                map: k.map.to_string(),
-                version: s.map.version(),
-                entries: s.map.len() as u64,
-            })
-            .collect();
+        let info = |name: &MapName, s: &crate::state::MapState| pb::MapInfo {
+            map: name.to_string(),
+            version: s.map.version(),
+            entries: s.map.len() as u64,
+        };
+        let maps = match names {
+            Some(names) => names
+                .iter()
+                .filter_map(|n| state.get(&app, n).map(|s| info(n, s)))
+                .take(limit)
+                .collect(),
+            None => state
+                .with_prefix(&app, &r.prefix)
+                .take(limit)
+                .map(|(k, s)| info(&k.map, s))
+                .collect(),
+        };
         Ok(Response::new(pb::ListMapsResponse { maps }))
     }
 

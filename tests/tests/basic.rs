@@ -241,3 +241,77 @@ async fn leadership_moves_on_request_and_writes_go_on() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn maps_are_listed_by_name_or_prefix() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3, ClusterOpts::default()).await?;
+    let mut c = cluster.raw(1).await?;
+    for map in ["bob-tv-a", "bob-tv-b", "bob-tv-c", "ann-tv-a"] {
+        c.create_map(req::create(APP, map)).await?;
+    }
+    c.update(req::update(
+        APP,
+        "bob-tv-b",
+        0,
+        "u",
+        vec![req::put("k", "1")],
+    ))
+    .await?;
+    let client = cluster.client()?;
+    let app = sharing_map::AppName::parse(APP)?;
+    let names = ["bob-tv-c", "bob-tv-nope", "bob-tv-b", "ann-tv-a"]
+        .map(sharing_map::MapName::parse)
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    // In the order asked, missing maps left out, linearizable and stale alike.
+    for stale_ok in [false, true] {
+        let listed = client.map_versions(&app, &names, stale_ok).await?;
+        let got: Vec<(String, u64)> = listed
+            .iter()
+            .map(|m| (m.name.to_string(), m.version))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("bob-tv-c".to_string(), 0),
+                ("bob-tv-b".to_string(), 1),
+                ("ann-tv-a".to_string(), 0)
+            ]
+        );
+    }
+    let by_prefix = client.list_maps(&app, "bob-", false).await?;
+    assert_eq!(by_prefix.len(), 3);
+
+    // Names and a prefix together, bad names and too many names are refused.
+    let list = |prefix: &str, names: Vec<String>| pb::ListMapsRequest {
+        app: APP.into(),
+        prefix: prefix.into(),
+        names,
+        ..Default::default()
+    };
+    let refused = [
+        (
+            list("bob-", vec!["bob-tv-a".into()]),
+            "either a prefix or names",
+        ),
+        (list("", vec!["Bob-tv-a".into()]), "\"Bob-tv-a\""),
+        (
+            list("", (0..10_001).map(|i| format!("bob-tv-m{i}")).collect()),
+            "at most 10000",
+        ),
+    ];
+    for (request, text) in refused {
+        match c.list_maps(request).await {
+            Err(s) => {
+                assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
+                assert!(
+                    s.message().contains(text),
+                    "{:?} lacks {text:?}",
+                    s.message()
+                );
+            }
+            Ok(r) => panic!("accepted: {:?}", r.into_inner()),
+        }
+    }
+    Ok(())
+}

@@ -126,10 +126,13 @@ pub async fn spine(target: &SpineTarget, app: &AppName, shape: Shape) -> anyhow:
                 .map(|m| names[m].clone())
                 .collect();
             async move {
-                let agent = Agent::connect(access.endpoints, access.agent).await?;
+                let agent = Agent::connect(access.endpoints, access.agent)
+                    .await
+                    .with_context(|| format!("subscriber {s}: starting its node agent"))?;
                 let replicas =
                     futures::future::try_join_all(maps.iter().map(|m| agent.replica(app, m)))
-                        .await?;
+                        .await
+                        .with_context(|| format!("subscriber {s}: following its maps"))?;
                 anyhow::Ok((agent, replicas))
             }
         })
