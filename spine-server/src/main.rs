@@ -138,6 +138,11 @@ struct Tuning {
     /// Compact the Raft log once this many applied entries are in it.
     #[arg(long, env = "SPINE_COMPACT_AFTER", default_value_t = 10_000)]
     compact_after: u64,
+    /// Write the maps changed since the last checkpoint of the state machine at least this often
+    /// (milliseconds) while updates arrive. Updates are durable in the Raft log before that; a
+    /// restart replays the log after the last checkpoint.
+    #[arg(long, env = "SPINE_CHECKPOINT_MS", default_value_t = 1000)]
+    checkpoint_ms: u64,
     /// Log entries kept after compaction (followers further behind get a snapshot).
     #[arg(long, env = "SPINE_KEEP_ENTRIES", default_value_t = 1_000)]
     keep_entries: u64,
@@ -174,6 +179,7 @@ impl Tuning {
             tick: Duration::from_millis(self.tick_ms.max(1)),
             compact_after: self.compact_after.max(1),
             keep_entries: self.keep_entries,
+            checkpoint_interval: Duration::from_millis(self.checkpoint_ms.max(1)),
             ..NodeConfig::default()
         }
     }

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub subscriber_lag: Histogram,
     /// Times a slow subscriber's backlog was replaced by snapshots.
     pub subscriber_resyncs: IntCounter,
+    /// Seconds to write (and fsync) one checkpoint of the state machine.
+    pub checkpoint_seconds: Histogram,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -58,6 +60,11 @@ impl Metrics {
                 "subscriber_resyncs_total",
                 "Slow subscribers whose backlog was replaced by snapshots",
             ),
+            checkpoint_seconds: histogram(
+                "checkpoint_seconds",
+                "Seconds to write and fsync one checkpoint of the state machine",
+                prometheus::exponential_buckets(0.0001, 2.0, 18).unwrap_or_default(),
+            ),
             registry,
         };
         for c in [
@@ -67,6 +74,7 @@ impl Metrics {
             Box::new(m.subscribers.clone()),
             Box::new(m.subscriber_lag.clone()),
             Box::new(m.subscriber_resyncs.clone()),
+            Box::new(m.checkpoint_seconds.clone()),
         ] {
             if let Err(e) = m.registry.register(c) {
                 tracing::warn!(error = %e, "metric not registered");

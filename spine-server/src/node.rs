@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
 use crate::state::{ApplyConfig, Change, Command, Outcome, Proposal, State};
-use crate::store::{RaftStore, StateStore, Store, StoreError};
+use crate::store::{Dirty, RaftStore, StateStore, Store, StoreError};
 use crate::transport::Transport;
 
 /// Why the node could not serve a request.
@@ -73,6 +73,10 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
     /// Compact the log once this many applied entries are in it.
     pub compact_after: u64,
+    /// Checkpoint the state machine at least this often while it changes.
+    pub checkpoint_interval: Duration,
+    /// ... and at least every this many applied entries.
+    pub checkpoint_entries: u64,
     /// Entries kept after compaction for followers that are only a little behind.
     pub keep_entries: u64,
     /// How long a proposal or read may wait for its entry before the client is told to retry.
@@ -88,6 +92,8 @@ impl Default for NodeConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             compact_after: 10_000,
+            checkpoint_interval: Duration::from_secs(1),
+            checkpoint_entries: 5_000,
             keep_entries: 1_000,
             request_timeout: Duration::from_secs(5),
         }
@@ -343,6 +349,11 @@ struct NodeLoop {
     /// Proposals and reads that arrived while no leader was known; raft-rs would drop them.
     waiting_for_leader: Vec<(Instant, Msg)>,
     term: u64,
+    /// Maps changed since the last checkpoint of the state machine.
+    dirty: Dirty,
+    /// The applied index of the last checkpoint: the log is kept after it.
+    checkpointed: u64,
+    last_checkpoint: Instant,
 }
 
 /// Errors that stop a node.
@@ -416,6 +427,7 @@ pub fn start(
         request_timeout: cfg.request_timeout,
         election_timeout: cfg.tick * cfg.election_ticks as u32 * 2,
     };
+    let applied = state.applied_index;
     let node = NodeLoop {
         cfg,
         raw,
@@ -434,6 +446,9 @@ pub fn start(
         ready_reads: Vec::new(),
         waiting_for_leader: Vec::new(),
         term: hs.term,
+        dirty: Dirty::default(),
+        checkpointed: applied,
+        last_checkpoint: Instant::now(),
     };
     let task = tokio::spawn(node.run(rx, shutdown_rx));
     Ok((handle, task))
@@ -476,10 +491,19 @@ impl NodeLoop {
                     break;
                 }
             }
+            if let Err(e) = self.maybe_checkpoint(false) {
+                tracing::error!(error = %e, "storage failed; stopping the node");
+                break;
+            }
             if last_sweep.elapsed() >= self.cfg.tick {
                 self.expire();
                 last_sweep = Instant::now();
             }
+        }
+        // A last checkpoint makes the next start quick (nothing to replay); without it nothing
+        // is lost, the log has every entry after the previous one.
+        if let Err(e) = self.maybe_checkpoint(true) {
+            tracing::warn!(error = %e, "no checkpoint at shutdown; the log will be replayed");
         }
         self.fail_all(|| NodeError::Stopped);
         tracing::info!(id = self.cfg.id, "node loop stopped");
@@ -695,6 +719,9 @@ impl NodeLoop {
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
             self.state = store.install_snapshot(&snap, &self.states)?;
+            // The snapshot replaced the whole stored state: nothing older is dirty.
+            self.dirty = Dirty::default();
+            self.checkpointed = self.state.applied_index;
             tracing::info!(index = self.state.applied_index, "installed a snapshot");
             self.after_membership_change();
             self.publish(vec![Arc::new(AppliedEvent {
@@ -855,7 +882,7 @@ impl NodeLoop {
                 changes_all.extend(changes);
             }
         }
-        self.states.persist(&self.state, &changes_all)?;
+        self.dirty.record(&changes_all);
         self.publish(events);
         for (request, outcome, index) in replies {
             if let Some(p) = self.proposals.remove(&request) {
@@ -910,9 +937,40 @@ impl NodeLoop {
         self.ready_reads = waiting;
     }
 
+    /// Writes the maps changed since the last checkpoint, when it is time (or `now`).
+    fn maybe_checkpoint(&mut self, now: bool) -> Result<(), StoreError> {
+        let behind = self.state.applied_index.saturating_sub(self.checkpointed);
+        if behind == 0 {
+            return Ok(());
+        }
+        if !now
+            && behind < self.cfg.checkpoint_entries
+            && self.last_checkpoint.elapsed() < self.cfg.checkpoint_interval
+        {
+            return Ok(());
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let maps = dirty.maps();
+        let started = Instant::now();
+        self.states.checkpoint(&self.state, dirty)?;
+        self.metrics
+            .checkpoint_seconds
+            .observe(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            index = self.state.applied_index,
+            entries = behind,
+            maps,
+            "checkpoint"
+        );
+        self.checkpointed = self.state.applied_index;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
     fn maybe_compact(&mut self) -> Result<(), StoreError> {
         let store = self.raw.store().clone();
-        let applied = self.state.applied_index;
+        // Entries after the last checkpoint are needed to recover the state machine.
+        let applied = self.checkpointed;
         let first = store.first();
         if applied.saturating_sub(first) >= self.cfg.compact_after {
             let to = applied.saturating_sub(self.cfg.keep_entries).max(first);

@@ -2,15 +2,23 @@
 //! the applied state machine ([`StateStore`]).
 //!
 //! Each write is one sled batch (atomic within its tree); [`Store::sync`] fsyncs both trees and is
-//! called before anything that depends on the write is acknowledged or sent. The applied index is
-//! written in the same batch as the state it describes.
+//! called before anything that depends on the write is acknowledged or sent.
+//!
+//! The Raft log is what makes an update durable. The state machine is written as *checkpoints*:
+//! every so often the maps changed since the last checkpoint are written in one batch, with the
+//! applied index they describe ([`Dirty`], [`StateStore::checkpoint`]). A map updated many times
+//! between two checkpoints is written once. After a restart the node loads the last checkpoint and
+//! Raft replays the log entries after it, so the log is never compacted past a checkpoint.
+//! Retained change-set history lives in memory only: after a restart it starts at the
+//! checkpoint (replayed entries add to it), and older resumes get a snapshot.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use serde::{Deserialize, Serialize};
-use sharing_map::{ChangeSet, MapDump, SharingMap, UpdateId, codec};
+use sharing_map::{MapDump, SharingMap, UpdateId, codec};
 
 use crate::state::{Change, MapKey, MapState, Membership, State, StateImage};
 
@@ -463,13 +471,6 @@ fn entry_key(key: &MapKey, entry: &str) -> Vec<u8> {
     k
 }
 
-fn history_key(key: &MapKey, version: u64) -> Vec<u8> {
-    let mut k = map_prefix(b'h', key);
-    k.push(0);
-    k.extend_from_slice(&version.to_be_bytes());
-    k
-}
-
 /// Splits `tag app \0 map [\0 rest]` into its parts.
 fn parse_map_key(bytes: &[u8]) -> Option<(MapKey, &[u8])> {
     let body = bytes.get(1..)?;
@@ -486,6 +487,49 @@ fn parse_map_key(bytes: &[u8]) -> Option<(MapKey, &[u8])> {
         },
         tail,
     ))
+}
+
+/// What changed in the applied state since the last checkpoint: per map, whether it was created
+/// and which keys were put or removed.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    maps: BTreeMap<MapKey, DirtyMap>,
+}
+
+#[derive(Debug, Default)]
+struct DirtyMap {
+    created: bool,
+    keys: BTreeSet<Arc<str>>,
+}
+
+impl Dirty {
+    /// Notes what `changes` touched.
+    pub fn record(&mut self, changes: &[Change]) {
+        for change in changes {
+            match change {
+                Change::Created { key, .. } => {
+                    let d = self.maps.entry(key.clone()).or_default();
+                    d.created = true;
+                    d.keys.clear();
+                }
+                Change::Delta {
+                    key, change_set, ..
+                } => {
+                    let d = self.maps.entry(key.clone()).or_default();
+                    if !d.created {
+                        d.keys.extend(change_set.removes().iter().cloned());
+                        d.keys
+                            .extend(change_set.puts().iter().map(|(k, _)| k.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Maps changed since the last checkpoint.
+    pub fn maps(&self) -> usize {
+        self.maps.len()
+    }
 }
 
 /// The applied state machine in sled.
@@ -512,48 +556,33 @@ impl StateStore {
         })
     }
 
-    /// Writes what a batch of applied commands changed, with the new applied position, in one
-    /// atomic batch.
-    pub fn persist(&self, state: &State, changes: &[Change]) -> Result<(), StoreError> {
+    /// Writes a checkpoint: the current content of every map in `dirty` and the applied
+    /// position of `state`, in one atomic batch, then fsyncs it. Log entries up to
+    /// `state.applied_index` are not needed for recovery after this returns.
+    pub fn checkpoint(&self, state: &State, dirty: Dirty) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        for change in changes {
-            match change {
-                Change::Created { key, map } => {
-                    self.put_meta(&mut batch, key, map);
-                    for (k, e) in map.iter() {
-                        batch.insert(entry_key(key, k), codec::encode(e));
-                    }
+        for (key, d) in dirty.maps {
+            let Some(ms) = state.maps.get(&key) else {
+                continue;
+            };
+            self.put_meta(&mut batch, &key, &ms.map);
+            if d.created {
+                for (k, e) in ms.map.iter() {
+                    batch.insert(entry_key(&key, k), codec::encode(e));
                 }
-                Change::Delta {
-                    key,
-                    change_set,
-                    dropped_history,
-                } => {
-                    for k in change_set.removes() {
-                        batch.remove(entry_key(key, k));
-                    }
-                    for (k, e) in change_set.puts() {
-                        batch.insert(entry_key(key, k), codec::encode(e));
-                    }
-                    batch.insert(
-                        map_prefix(b'm', key),
-                        codec::encode(&MapMeta {
-                            version: change_set.next_version(),
-                            last_update_id: Some(change_set.update_id().clone()),
-                        }),
-                    );
-                    batch.insert(
-                        history_key(key, change_set.version()),
-                        codec::encode(&**change_set),
-                    );
-                    for v in dropped_history {
-                        batch.remove(history_key(key, *v));
-                    }
+            }
+            for k in &d.keys {
+                match ms.map.get(k) {
+                    Some(e) => batch.insert(entry_key(&key, k), codec::encode(e)),
+                    None => batch.remove(entry_key(&key, k)),
                 }
             }
         }
         self.put_state_meta(&mut batch, state);
-        self.tree.apply_batch(batch).map_err(|e| self.store.err(e))
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| self.store.err(e))?;
+        self.store.sync()
     }
 
     fn put_meta(&self, batch: &mut sled::Batch, key: &MapKey, map: &SharingMap) {
@@ -589,9 +618,6 @@ impl StateStore {
             for (k, e) in ms.map.iter() {
                 batch.insert(entry_key(key, k), codec::encode(e));
             }
-            for cs in ms.history.iter() {
-                batch.insert(history_key(key, cs.version()), codec::encode(&**cs));
-            }
         }
         self.put_state_meta(&mut batch, &state);
         Ok((batch, state))
@@ -607,7 +633,7 @@ impl StateStore {
             state.membership = meta.membership;
         }
         let mut dumps: std::collections::BTreeMap<MapKey, MapDump> = Default::default();
-        let mut histories: std::collections::BTreeMap<MapKey, Vec<ChangeSet>> = Default::default();
+        let mut stale = Vec::new();
         for item in self.tree.iter() {
             let (k, v) = item.map_err(|e| self.store.err(e))?;
             match k.first() {
@@ -638,26 +664,29 @@ impl StateStore {
                         .entries
                         .push((Arc::from(entry_name), entry));
                 }
-                Some(b'h') => {
-                    let (key, _) = parse_map_key(&k).ok_or_else(|| corrupt(&k, "bad key"))?;
-                    let cs: ChangeSet = codec::decode(&v).map_err(|e| corrupt(&k, e))?;
-                    histories.entry(key).or_default().push(cs);
-                }
+                // Change-set history written by earlier versions, which kept it on disk: it
+                // is in memory only now, and the stale copy is dropped.
+                Some(b'h') => stale.push(k),
                 _ => {}
             }
         }
         for (key, dump) in dumps {
-            let mut history = rpds::QueueSync::new_sync();
-            for cs in histories.remove(&key).unwrap_or_default() {
-                history.enqueue_mut(Arc::new(cs));
-            }
             state.maps.insert_mut(
                 key,
                 MapState {
                     map: SharingMap::restore(dump),
-                    history,
+                    history: rpds::QueueSync::new_sync(),
                 },
             );
+        }
+        if !stale.is_empty() {
+            let mut batch = sled::Batch::default();
+            for k in stale {
+                batch.remove(k);
+            }
+            self.tree
+                .apply_batch(batch)
+                .map_err(|e| self.store.err(e))?;
         }
         Ok(state)
     }
@@ -669,7 +698,7 @@ mod tests {
     use crate::state::{ApplyConfig, Command};
     use raft::Storage as _;
     use serde_json::json;
-    use sharing_map::{AppName, Entry as MapEntry, MapName};
+    use sharing_map::{AppName, ChangeSet, Entry as MapEntry, MapName};
 
     fn entry(index: u64, term: u64) -> Entry {
         Entry {
@@ -733,7 +762,7 @@ mod tests {
             app: AppName::parse("acme-shop")?,
             map: MapName::parse("bob-tv-x")?,
         };
-        let mut all = Vec::new();
+        let mut dirty = Dirty::default();
         let (_, ch) = state.apply(
             &Command::Create {
                 key: key.clone(),
@@ -741,8 +770,8 @@ mod tests {
             },
             &cfg,
         );
-        all.extend(ch.clone());
-        states.persist(&state, &ch)?;
+        dirty.record(&ch);
+        states.checkpoint(&state, std::mem::take(&mut dirty))?;
         for v in 0..4u64 {
             let cs = ChangeSet::from_ops(
                 key.map.clone(),
@@ -761,15 +790,22 @@ mod tests {
                 &cfg,
             );
             state.applied_index = 10 + v;
-            states.persist(&state, &ch)?;
+            dirty.record(&ch);
+            // Checkpoints after the second and the fourth update: each writes the keys
+            // changed since the one before.
+            if v % 2 == 1 {
+                states.checkpoint(&state, std::mem::take(&mut dirty))?;
+            }
         }
-        store.sync()?;
         let loaded = states.load()?;
         assert_eq!(loaded.applied_index, 13);
         assert_eq!(loaded.digest(), state.digest());
         let ms = loaded.get(&key.app, &key.map).ok_or("missing")?;
-        assert_eq!(ms.history.len(), 2);
-        assert_eq!(ms.oldest_retained(), 2);
+        assert_eq!(ms.map.version(), 4);
+        assert_eq!(ms.map.get("k\0odd"), None);
+        // History is kept in memory only; a loaded map starts with none.
+        assert_eq!(ms.history.len(), 0);
+        assert_eq!(ms.oldest_retained(), 4);
         // A snapshot of this state installed on a fresh node reproduces it.
         let raft = RaftStore::open(&store, &[1])?;
         raft.set_applied(Arc::new(state.clone()));

@@ -58,6 +58,24 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
             if profile_dir.file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");
             }
+            // The test process has the per-package variables cargo gives it (CARGO_PKG_*,
+            // CARGO_MANIFEST_DIR, ...). A nested cargo that inherits them records them in
+            // build-script fingerprints (ring's), so it would rebuild rustls, tonic and the
+            // servers, and so would the next top-level build.
+            for (key, _) in std::env::vars_os() {
+                let key = key.to_string_lossy();
+                let per_package = [
+                    "CARGO_PKG_",
+                    "CARGO_MANIFEST_",
+                    "CARGO_CRATE_",
+                    "CARGO_BIN_",
+                ]
+                .iter()
+                .any(|p| key.starts_with(p));
+                if per_package || key == "CARGO_PRIMARY_PACKAGE" || key == "OUT_DIR" {
+                    cmd.env_remove(key.as_ref());
+                }
+            }
             let status = cmd
                 .status()
                 .map_err(|e| format!("running cargo build: {e}"))?;
