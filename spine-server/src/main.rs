@@ -135,8 +135,9 @@ struct Tuning {
     /// Must be the same on every node.
     #[arg(long, env = "SPINE_HISTORY", default_value_t = 1000)]
     history: usize,
-    /// Compact the Raft log once this many applied entries are in it.
-    #[arg(long, env = "SPINE_COMPACT_AFTER", default_value_t = 10_000)]
+    /// Compact the Raft log once this many checkpointed entries are in it (it then keeps
+    /// `--keep-entries`). Small steps spread the cost; large ones stall writes longer.
+    #[arg(long, env = "SPINE_COMPACT_AFTER", default_value_t = 2_000)]
     compact_after: u64,
     /// Write the maps changed since the last checkpoint of the state machine at least this often
     /// (milliseconds) while updates arrive. Updates are durable in the Raft log before that; a

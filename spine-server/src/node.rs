@@ -91,7 +91,7 @@ impl Default for NodeConfig {
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 2,
-            compact_after: 10_000,
+            compact_after: 2_000,
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_entries: 5_000,
             keep_entries: 1_000,
