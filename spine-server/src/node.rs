@@ -4,13 +4,16 @@
 //! ```text
 //!  gRPC handlers ──Msg──▶ mailbox ──▶ node loop: step / propose / tick
 //!  peers ─────────Msg──▶            │ Ready: append log + hard state ─▶ fsync ─▶ send messages
-//!                                   │        apply committed entries ─▶ state batch
+//!                                   │        apply committed entries (in memory, maps marked dirty)
+//!                                   │ every second: checkpoint dirty maps ─▶ fsync ─▶ compact log
 //!                                   ▼
 //!           watch<Arc<State>> (readers), broadcast<AppliedEvent> (subscribers), replies
 //! ```
 //!
 //! Proposals that arrive together are appended and fsync'd together (group commit). A client is
 //! answered by the node it asked, when that node applies the entry, after a majority fsync'd it.
+//! The log is what makes an update durable; the state machine is checkpointed, and a restart
+//! replays the log after the last checkpoint.
 
 use std::collections::HashMap;
 use std::sync::Arc;

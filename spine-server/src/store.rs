@@ -33,6 +33,14 @@ pub enum StoreError {
         /// sled's error.
         source: sled::Error,
     },
+    /// A file operation failed.
+    #[error("storage error on {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// Stored bytes could not be decoded.
     #[error("corrupt record {key:?} in {tree}: {reason}")]
     Corrupt {
@@ -63,6 +71,9 @@ fn log_key(index: u64) -> [u8; 9] {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: sled::Db,
+    /// sled's log file, to `fdatasync` it: sled itself ends a flush with `sync_file_range`,
+    /// which does not flush the disk's write cache nor the file's size.
+    log_file: Arc<std::fs::File>,
     path: String,
 }
 
@@ -78,7 +89,16 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
-        Ok(Self { db, path })
+        let log = dir.join("db");
+        let log_file = std::fs::File::open(&log).map_err(|source| StoreError::Io {
+            path: log.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            db,
+            log_file: Arc::new(log_file),
+            path,
+        })
     }
 
     fn err(&self, source: sled::Error) -> StoreError {
@@ -92,9 +112,14 @@ impl Store {
         self.db.open_tree(name).map_err(|e| self.err(e))
     }
 
-    /// Fsyncs everything written so far.
+    /// Makes everything written so far durable: sled writes its buffers out, then the log file
+    /// is `fdatasync`ed (data, size, and the disk's write cache).
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(|e| self.err(e))
+        self.db.flush().map_err(|e| self.err(e))?;
+        self.log_file.sync_data().map_err(|source| StoreError::Io {
+            path: format!("{}/db", self.path),
+            source,
+        })
     }
 
     /// Whether the database holds any Raft state yet.
