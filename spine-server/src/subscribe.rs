@@ -229,6 +229,10 @@ fn follow_from_pb(s: pb::Subscription) -> Result<Follow, tonic::Status> {
 /// How often an idle stream gets a progress event.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
+/// Most applied events a session takes from the ring per wakeup (each still goes out as its own
+/// message, in order).
+const EVENTS_PER_WAKEUP: usize = 64;
+
 /// Feeds one subscription stream until the client goes away.
 pub async fn run_session(
     node: NodeHandle,
@@ -244,8 +248,13 @@ pub async fn run_session(
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     let mut sent_since_tick = false;
     let mut inbound_open = true;
-    loop {
-        let (index, outs, is_progress) = tokio::select! {
+    let stopped = node.stopped();
+    tokio::pin!(stopped);
+    // What to send: (applied index, events, whether it is a progress event), in order.
+    let mut batch: Vec<(u64, Vec<Out>, bool)> = Vec::new();
+    'session: loop {
+        batch.clear();
+        tokio::select! {
             req = inbound.message(), if inbound_open => match req {
                 Ok(Some(req)) => {
                     let state = node.state();
@@ -270,47 +279,73 @@ pub async fn run_session(
                         }
                         None => Vec::new(),
                     };
-                    (state.applied_index, outs, false)
+                    batch.push((state.applied_index, outs, false));
                 }
                 // The client closed its side: keep streaming what it follows.
                 Ok(None) => { inbound_open = false; continue; }
                 Err(_) => break,
             },
-            ev = events.recv() => match ev {
-                Ok(ev) => {
-                    let state = node.state();
-                    metrics
-                        .subscriber_lag
-                        .observe(state.applied_index.saturating_sub(ev.index) as f64);
-                    (ev.index, set.on_event(&ev, &state), false)
+            ev = events.recv() => {
+                // Take what else is already in the ring too: one wakeup and one state read for
+                // many events when updates come fast.
+                let mut state = node.state();
+                let mut next = Some(ev);
+                while let Some(ev) = next.take() {
+                    match ev {
+                        Ok(ev) => {
+                            // The node publishes its state before the events it produced.
+                            if ev.index > state.applied_index {
+                                state = node.state();
+                            }
+                            metrics
+                                .subscriber_lag
+                                .observe(state.applied_index.saturating_sub(ev.index) as f64);
+                            batch.push((ev.index, set.on_event(&ev, &state), false));
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            metrics.subscriber_resyncs.inc();
+                            let state = node.state();
+                            batch.push((state.applied_index, set.resync(&state), false));
+                            break;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break 'session,
+                    }
+                    if batch.len() < EVENTS_PER_WAKEUP {
+                        next = match events.try_recv() {
+                            Ok(ev) => Some(Ok(ev)),
+                            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                Some(Err(broadcast::error::RecvError::Lagged(n)))
+                            }
+                            Err(broadcast::error::TryRecvError::Closed) => {
+                                Some(Err(broadcast::error::RecvError::Closed))
+                            }
+                            Err(broadcast::error::TryRecvError::Empty) => None,
+                        };
+                    }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    metrics.subscriber_resyncs.inc();
-                    let state = node.state();
-                    (state.applied_index, set.resync(&state), false)
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
             },
             _ = progress.tick() => {
                 if sent_since_tick {
                     sent_since_tick = false;
                     continue;
                 }
-                (node.state().applied_index, Vec::new(), true)
+                batch.push((node.state().applied_index, Vec::new(), true));
             }
             _ = out.closed() => break,
-            _ = node.stopped() => break,
+            _ = &mut stopped => break,
         };
-        if outs.is_empty() && !is_progress {
-            continue;
-        }
-        sent_since_tick |= !outs.is_empty();
-        let event = pb::SubscribeEvent {
-            applied_index: index,
-            events: outs.iter().map(Out::to_pb).collect(),
-        };
-        if out.send(Ok(event)).await.is_err() {
-            break;
+        for (index, outs, is_progress) in batch.drain(..) {
+            if outs.is_empty() && !is_progress {
+                continue;
+            }
+            sent_since_tick |= !outs.is_empty();
+            let event = pb::SubscribeEvent {
+                applied_index: index,
+                events: outs.iter().map(Out::to_pb).collect(),
+            };
+            if out.send(Ok(event)).await.is_err() {
+                break 'session;
+            }
         }
     }
     metrics.subscribers.dec();
