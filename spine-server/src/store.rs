@@ -56,6 +56,8 @@ pub enum StoreError {
 const HARD_STATE: &[u8] = b"hs";
 const CONF_STATE: &[u8] = b"cs";
 const SNAP_META: &[u8] = b"sm";
+/// The first request number no life of this node has reserved yet.
+const REQUEST_FLOOR: &[u8] = b"rq";
 const LOG_PREFIX: u8 = b'l';
 // Starts with a byte no map record starts with.
 const STATE_META: &[u8] = b"\0meta";
@@ -81,14 +83,10 @@ impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &std::path::Path) -> Result<Self, StoreError> {
         let path = dir.display().to_string();
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|source| StoreError::Sled {
-                path: path.clone(),
-                source,
-            })?;
+        let db = open_sled(dir).map_err(|source| StoreError::Sled {
+            path: path.clone(),
+            source,
+        })?;
         let log = dir.join("db");
         let log_file = std::fs::File::open(&log).map_err(|source| StoreError::Io {
             path: log.display().to_string(),
@@ -125,6 +123,37 @@ impl Store {
     /// Whether the database holds any Raft state yet.
     pub fn is_new(&self) -> Result<bool, StoreError> {
         Ok(self.tree("raft")?.is_empty() && self.tree("state")?.is_empty())
+    }
+}
+
+/// How long [`Store::open`] waits for the database's file lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens sled, waiting a little for its file lock: sled's background threads keep a dropped
+/// database's lock for a moment, so a store reopened in the same process (a node restarted in
+/// place, a test) would otherwise fail with "could not acquire lock". Another process that
+/// holds the directory still gets the error, after [`LOCK_WAIT`].
+fn open_sled(dir: &std::path::Path) -> Result<sled::Db, sled::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                return Err(sled::Error::Io(std::io::Error::other(format!(
+                    "{e} (is another spine process using this data directory?)"
+                ))));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -270,6 +299,28 @@ impl RaftStore {
             .map_err(|e| self.store.err(e))?;
         meta.last = entries[entries.len() - 1].index;
         Ok(())
+    }
+
+    /// Reserves `count` request numbers that no earlier life of this node reserved, durably
+    /// (synced before it returns), and returns the first of them.
+    pub fn reserve_requests(&self, count: u64) -> Result<u64, StoreError> {
+        let first = match self.tree.get(REQUEST_FLOOR).map_err(|e| self.store.err(e))? {
+            Some(b) => {
+                let bytes: [u8; 8] = b.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    tree: "raft",
+                    key: "rq".into(),
+                    reason: format!("{} bytes, expected 8", b.len()),
+                })?;
+                u64::from_be_bytes(bytes)
+            }
+            None => 1,
+        };
+        let end = first.saturating_add(count);
+        self.tree
+            .insert(REQUEST_FLOOR, &end.to_be_bytes())
+            .map_err(|e| self.store.err(e))?;
+        self.store.sync()?;
+        Ok(first)
     }
 
     /// Records the hard state.
@@ -770,6 +821,23 @@ mod tests {
                 .len(),
             2
         );
+        Ok(())
+    }
+
+    #[test]
+    fn request_numbers_are_never_reserved_twice() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let first = {
+            let store = Store::open(dir.path())?;
+            let raft = RaftStore::open(&store, &[1])?;
+            let a = raft.reserve_requests(10)?;
+            let b = raft.reserve_requests(10)?;
+            assert_eq!(b, a + 10);
+            b
+        };
+        let store = Store::open(dir.path())?;
+        let raft = RaftStore::open(&store, &[])?;
+        assert_eq!(raft.reserve_requests(10)?, first + 10);
         Ok(())
     }
 
