@@ -107,6 +107,9 @@ pub enum DaemonError {
         /// Why.
         source: tonic::transport::Error,
     },
+    /// The reflection service could not read the API's descriptors (a build defect).
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
     /// A client could not connect to the daemon.
     #[error("cannot connect to the node agent at {path} (is spine-agent running?): {source}")]
     Connect {
@@ -222,7 +225,24 @@ impl Daemon {
             stop: stop_rx,
         };
         tracing::info!(socket = %path.display(), "serving the node agent API");
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<NodeAgentServer<NodeAgentService>>()
+            .await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(spine_proto::AGENT_FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| DaemonError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| DaemonError::Reflection(e.to_string()))?;
         let result = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(
                 NodeAgentServer::new(service)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -259,6 +279,14 @@ pub async fn serve(
 
 /// A gRPC client of the daemon listening on `socket`.
 pub async fn connect(socket: &Path) -> Result<NodeAgentClient<Channel>, DaemonError> {
+    Ok(NodeAgentClient::new(channel(socket).await?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// A gRPC channel to the daemon listening on `socket`, for any of its services (the agent API,
+/// health, reflection).
+pub async fn channel(socket: &Path) -> Result<Channel, DaemonError> {
     let path = socket.to_path_buf();
     let dial = path.clone();
     // The URI is required by the API but unused: every connection goes to the socket.
@@ -273,9 +301,7 @@ pub async fn connect(socket: &Path) -> Result<NodeAgentClient<Channel>, DaemonEr
         }))
         .await
         .map_err(|source| DaemonError::Connect { path, source })?;
-    Ok(NodeAgentClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    Ok(channel)
 }
 
 fn remove_if_present(path: &Path) -> io::Result<()> {

@@ -14,7 +14,8 @@
 //! - [`state`]: the pure state machine (maps, bounded change-set history, last update ids).
 //! - [`store`]: sled storage for the Raft log, hard state and applied state.
 //! - [`node`]: the Raft loop (pre-vote, check-quorum, group commit, ReadIndex, membership).
-//! - [`transport`]: batched Raft messages between nodes over gRPC.
+//! - [`pending`]: request numbers unique across nodes and restarts.
+//! - [`network`] and [`transport`]: batched Raft messages between nodes over gRPC.
 //! - [`service`] and [`subscribe`]: the client API.
 //! - [`auth`]: tokens checked on every request; who may write, read and administer.
 //! - [`server`]: wiring; the `spine` binary (`spine serve`, `spine dev`) is in `main.rs`.
@@ -43,7 +44,9 @@ pub mod auth;
 pub mod credentials;
 pub mod logging;
 pub mod metrics;
+pub mod network;
 pub mod node;
+pub mod pending;
 pub mod server;
 pub mod service;
 pub mod state;

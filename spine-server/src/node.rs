@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType};
@@ -25,11 +25,14 @@ use raft::{RawNode, StateRole};
 use serde::{Deserialize, Serialize};
 use sharing_map::codec;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+// tokio's clock, so that tests with a paused clock drive timeouts too.
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::network::RaftNetwork;
+use crate::pending::{RequestNumbers, parse_read_context, read_context};
 use crate::state::{ApplyConfig, Change, Command, Outcome, Proposal, State};
 use crate::store::{Dirty, RaftStore, StateStore, Store, StoreError};
-use crate::transport::Transport;
 
 /// Why the node could not serve a request.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -332,6 +335,71 @@ struct Pending<T> {
     since: Instant,
 }
 
+/// A proposal waiting for its entry to apply here.
+struct PendingProposal {
+    reply: Reply<(Outcome, u64)>,
+    since: Instant,
+    /// The encoded entry, kept to propose it again when leadership changes: a proposal in
+    /// flight to a leader that fails is lost, and one in its log may be overwritten. Proposing
+    /// again is safe because every command is idempotent (create-if-absent, updates by update
+    /// id); whichever copy applies first answers.
+    data: Vec<u8>,
+    /// The term it was last proposed in; `None` while no leader took it.
+    proposed_in: Option<u64>,
+}
+
+/// A linearizable read waiting for a leader to confirm a read index.
+struct PendingRead {
+    reply: Reply<u64>,
+    since: Instant,
+    /// Its ReadIndex context: this node's id and the request number.
+    ctx: Vec<u8>,
+    /// The leadership it was last sent to, and when; `None` while no leader was known.
+    sent: Option<(Leadership, Instant)>,
+}
+
+/// Who leads, as this node sees it. When it changes, requests in flight may have been lost: a
+/// leader that fails takes forwarded proposals and reads with it, and a new leader ignores reads
+/// until it has committed an entry of its term (`ready`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Leadership {
+    term: u64,
+    leader: u64,
+    ready: bool,
+}
+
+impl Leadership {
+    fn of(raw: &RawNode<RaftStore>) -> Self {
+        let raft = &raw.raft;
+        let committed = raft.raft_log.committed;
+        Self {
+            term: raft.term,
+            leader: raft.leader_id,
+            ready: raft.raft_log.term(committed).ok() == Some(raft.term),
+        }
+    }
+}
+
+/// Hands a proposal to Raft if a leader is known (a follower forwards it).
+fn propose_entry(raw: &mut RawNode<RaftStore>, p: &mut PendingProposal) {
+    if raw.raft.leader_id == 0 {
+        return;
+    }
+    match raw.propose(Vec::new(), p.data.clone()) {
+        Ok(()) => p.proposed_in = Some(raw.raft.term),
+        Err(e) => tracing::debug!(error = %e, "proposal not taken yet; it is proposed again"),
+    }
+}
+
+/// Asks for a read index if a leader is known.
+fn send_read(raw: &mut RawNode<RaftStore>, r: &mut PendingRead, now: Instant) {
+    if raw.raft.leader_id == 0 {
+        return;
+    }
+    raw.read_index(r.ctx.clone());
+    r.sent = Some((Leadership::of(raw), now));
+}
+
 /// The node loop's state.
 struct NodeLoop {
     cfg: NodeConfig,
@@ -339,19 +407,24 @@ struct NodeLoop {
     store: Store,
     states: StateStore,
     state: State,
-    transport: Arc<Transport>,
+    transport: Arc<dyn RaftNetwork>,
     metrics: Arc<Metrics>,
     state_tx: watch::Sender<Arc<State>>,
     status_tx: watch::Sender<RaftStatus>,
     events: broadcast::Sender<Arc<AppliedEvent>>,
-    next_request: u64,
-    proposals: HashMap<u64, Pending<(Outcome, u64)>>,
+    /// Numbers for requests, unique across this node's lives.
+    numbers: RequestNumbers,
+    /// Requests waiting for Raft, by number. Those that arrive while no leader is known wait
+    /// here too (raft-rs would drop them) and are sent when one is.
+    proposals: HashMap<u64, PendingProposal>,
     conf_changes: HashMap<u64, Pending<crate::state::Membership>>,
-    reads: HashMap<u64, Pending<u64>>,
+    reads: HashMap<u64, PendingRead>,
     ready_reads: Vec<(u64, Reply<u64>)>,
-    /// Proposals and reads that arrived while no leader was known; raft-rs would drop them.
-    waiting_for_leader: Vec<(Instant, Msg)>,
-    term: u64,
+    /// The leadership pending requests were last sent to.
+    leadership: Leadership,
+    last_resend: Instant,
+    /// A storage failure met where it could not be returned; it stops the loop.
+    broken: Option<StoreError>,
     /// Maps changed since the last checkpoint of the state machine.
     dirty: Dirty,
     /// The applied index of the last checkpoint: the log is kept after it.
@@ -377,7 +450,7 @@ pub fn start(
     store: Store,
     initial_voters: &[u64],
     addrs: std::collections::BTreeMap<u64, String>,
-    transport: Arc<Transport>,
+    transport: Arc<dyn RaftNetwork>,
     metrics: Arc<Metrics>,
 ) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), StartError> {
     let raft_store = RaftStore::open(&store, initial_voters)?;
@@ -409,9 +482,11 @@ pub fn start(
     let raw = RawNode::new(&raft_cfg, raft_store.clone(), &logger)?;
     for (id, addr) in &state.membership.addrs {
         if *id != cfg.id {
-            transport.set_peer(*id, addr.clone());
+            transport.clone().set_peer(*id, addr.clone());
         }
     }
+    let first = raft_store.reserve_requests(RequestNumbers::BLOCK)?;
+    let numbers = RequestNumbers::new(first, first.saturating_add(RequestNumbers::BLOCK));
     let (tx, rx) = mpsc::channel(4096);
     let (state_tx, state_rx) = watch::channel(Arc::new(state.clone()));
     let (status_tx, status_rx) = watch::channel(RaftStatus {
@@ -442,13 +517,14 @@ pub fn start(
         state_tx,
         status_tx,
         events,
-        next_request: 1,
+        numbers,
         proposals: HashMap::new(),
         conf_changes: HashMap::new(),
         reads: HashMap::new(),
         ready_reads: Vec::new(),
-        waiting_for_leader: Vec::new(),
-        term: hs.term,
+        leadership: Leadership::default(),
+        last_resend: Instant::now(),
+        broken: None,
         dirty: Dirty::default(),
         checkpointed: applied,
         last_checkpoint: Instant::now(),
@@ -481,20 +557,14 @@ impl NodeLoop {
                     self.raw.tick();
                 }
             }
-            if let Err(e) = self.on_ready() {
-                tracing::error!(error = %e, "storage failed; stopping the node");
-                break;
-            }
-            if self.raw.raft.leader_id != 0 && !self.waiting_for_leader.is_empty() {
-                for (_, msg) in std::mem::take(&mut self.waiting_for_leader) {
-                    self.handle(msg);
-                }
-                if let Err(e) = self.on_ready() {
-                    tracing::error!(error = %e, "storage failed; stopping the node");
-                    break;
-                }
-            }
-            if let Err(e) = self.maybe_checkpoint(false) {
+            let result = self
+                .on_ready()
+                .and_then(|()| {
+                    self.resend(Instant::now());
+                    self.on_ready()
+                })
+                .and_then(|()| self.maybe_checkpoint(false));
+            if let Err(e) = self.broken.take().map_or(result, Err) {
                 tracing::error!(error = %e, "storage failed; stopping the node");
                 break;
             }
@@ -522,19 +592,59 @@ impl NodeLoop {
         }
     }
 
-    fn request_id(&mut self) -> u64 {
-        let r = self.next_request;
-        self.next_request += 1;
-        r
+    /// The next request number; `None` if a new block could not be reserved (the loop stops).
+    fn request_id(&mut self) -> Option<u64> {
+        if let Some(n) = self.numbers.take() {
+            return Some(n);
+        }
+        match self.raw.store().reserve_requests(RequestNumbers::BLOCK) {
+            Ok(first) => {
+                self.numbers =
+                    RequestNumbers::new(first, first.saturating_add(RequestNumbers::BLOCK));
+                self.numbers.take()
+            }
+            Err(e) => {
+                self.broken = Some(e);
+                None
+            }
+        }
+    }
+
+    /// Sends pending requests again where they may have been lost: to a new leader, to a
+    /// leader that became able to serve reads, once a leader is known, and (reads only, which
+    /// are cheap to repeat) every few heartbeats as a last resort against lost messages.
+    fn resend(&mut self, now: Instant) {
+        let current = Leadership::of(&self.raw);
+        if current.leader == 0 {
+            return;
+        }
+        let changed = current != self.leadership;
+        self.leadership = current;
+        let every = self.cfg.tick * (2 * self.cfg.heartbeat_ticks.max(1)) as u32;
+        let periodic = now.duration_since(self.last_resend) >= every;
+        if !changed && !periodic {
+            return;
+        }
+        if periodic {
+            self.last_resend = now;
+        }
+        for p in self.proposals.values_mut() {
+            if p.proposed_in != Some(current.term) {
+                propose_entry(&mut self.raw, p);
+            }
+        }
+        for r in self.reads.values_mut() {
+            let stale = match r.sent {
+                None => true,
+                Some((to, at)) => to != current || now.duration_since(at) >= every,
+            };
+            if stale {
+                send_read(&mut self.raw, r, now);
+            }
+        }
     }
 
     fn handle(&mut self, msg: Msg) {
-        if self.raw.raft.leader_id == 0 && matches!(msg, Msg::Propose(..) | Msg::ReadIndex(..)) {
-            // During an election nobody can take the request yet: hold it until a leader is
-            // known (or the request times out) instead of failing the client at once.
-            self.waiting_for_leader.push((Instant::now(), msg));
-            return;
-        }
         match msg {
             Msg::Raft(m) => {
                 if let Err(e) = self.raw.step(*m) {
@@ -542,40 +652,39 @@ impl NodeLoop {
                 }
             }
             Msg::Propose(command, reply) => {
-                let request = self.request_id();
+                let Some(request) = self.request_id() else {
+                    let _ = reply.send(Err(self.unavailable("the node's storage failed")));
+                    return;
+                };
                 let proposal = Proposal {
                     origin: self.cfg.id,
                     request,
                     command,
                 };
                 self.metrics.proposals.inc();
-                match self.raw.propose(Vec::new(), codec::encode(&proposal)) {
-                    Ok(()) => {
-                        self.proposals.insert(
-                            request,
-                            Pending {
-                                reply,
-                                since: Instant::now(),
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(
-                            self.unavailable(&format!("the proposal was dropped ({e})"))
-                        ));
-                    }
-                }
+                let mut pending = PendingProposal {
+                    reply,
+                    since: Instant::now(),
+                    data: codec::encode(&proposal),
+                    proposed_in: None,
+                };
+                propose_entry(&mut self.raw, &mut pending);
+                self.proposals.insert(request, pending);
             }
             Msg::ReadIndex(reply) => {
-                let request = self.request_id();
-                self.raw.read_index(request.to_be_bytes().to_vec());
-                self.reads.insert(
-                    request,
-                    Pending {
-                        reply,
-                        since: Instant::now(),
-                    },
-                );
+                let Some(request) = self.request_id() else {
+                    let _ = reply.send(Err(self.unavailable("the node's storage failed")));
+                    return;
+                };
+                let now = Instant::now();
+                let mut pending = PendingRead {
+                    reply,
+                    since: now,
+                    ctx: read_context(self.cfg.id, request),
+                    sent: None,
+                };
+                send_read(&mut self.raw, &mut pending, now);
+                self.reads.insert(request, pending);
             }
             Msg::ChangeMembership(change, reply) => self.propose_membership(change, reply),
             Msg::TransferLeader(to, reply) => {
@@ -642,7 +751,10 @@ impl NodeLoop {
             let _ = reply.send(Err(NodeError::Invalid("node ids start at 1".into())));
             return;
         }
-        let request = self.request_id();
+        let Some(request) = self.request_id() else {
+            let _ = reply.send(Err(self.unavailable("the node's storage failed")));
+            return;
+        };
         let mut cc = ConfChange::default();
         cc.set_change_type(kind);
         cc.node_id = id;
@@ -672,23 +784,33 @@ impl NodeLoop {
 
     /// Answers requests that waited too long, so clients retry elsewhere.
     fn expire(&mut self) {
+        let now = Instant::now();
         let limit = self.cfg.request_timeout;
-        let (stale, fresh): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting_for_leader)
-            .into_iter()
-            .partition(|(since, _)| since.elapsed() > limit);
-        self.waiting_for_leader = fresh;
         let no_leader = self.unavailable("no leader was elected in time");
-        for (_, msg) in stale {
-            answer_held(msg, &no_leader);
-        }
         let timeout = self.unavailable(
             "the update was not committed in time (it may still commit; retrying with the same update id is safe)",
         );
-        expire_pending(&mut self.proposals, limit, &timeout);
+        for p in take_expired(&mut self.proposals, |p| p.since, now, limit) {
+            let err = if p.proposed_in.is_some() {
+                &timeout
+            } else {
+                &no_leader
+            };
+            let _ = p.reply.send(Err(err.clone()));
+        }
         let timeout = self.unavailable("no leader confirmed the read in time");
-        expire_pending(&mut self.reads, limit, &timeout);
+        for r in take_expired(&mut self.reads, |r| r.since, now, limit) {
+            let err = if r.sent.is_some() {
+                &timeout
+            } else {
+                &no_leader
+            };
+            let _ = r.reply.send(Err(err.clone()));
+        }
         let timeout = self.unavailable("the membership change was not committed in time");
-        expire_pending(&mut self.conf_changes, limit, &timeout);
+        for c in take_expired(&mut self.conf_changes, |c| c.since, now, limit) {
+            let _ = c.reply.send(Err(timeout.clone()));
+        }
     }
 
     fn fail_all(&mut self, err: impl Fn() -> NodeError) {
@@ -703,9 +825,6 @@ impl NodeLoop {
         }
         for (_, r) in self.ready_reads.drain(..) {
             let _ = r.send(Err(err()));
-        }
-        for (_, msg) in self.waiting_for_leader.drain(..) {
-            answer_held(msg, &err());
         }
     }
 
@@ -734,11 +853,10 @@ impl NodeLoop {
             })]);
         }
         for rs in rd.take_read_states() {
-            let mut id = [0u8; 8];
-            if rs.request_ctx.len() == 8 {
-                id.copy_from_slice(&rs.request_ctx);
-            }
-            if let Some(p) = self.reads.remove(&u64::from_be_bytes(id)) {
+            if let Some((node, request)) = parse_read_context(&rs.request_ctx)
+                && node == self.cfg.id
+                && let Some(p) = self.reads.remove(&request)
+            {
                 self.ready_reads.push((rs.index, p.reply));
             }
         }
@@ -773,21 +891,9 @@ impl NodeLoop {
         Ok(())
     }
 
+    /// Proposals of an older term are proposed again by [`resend`](Self::resend), not failed.
     fn on_role_change(&mut self, role: StateRole) {
         let term = self.raw.raft.term;
-        if term != self.term {
-            self.term = term;
-            // Entries proposed in an older term may have been overwritten: tell their clients to
-            // retry (a retry of an update that did commit is answered idempotently).
-            let ids: Vec<u64> = self.proposals.keys().copied().collect();
-            for id in ids {
-                if let Some(p) = self.proposals.remove(&id) {
-                    let _ = p.reply.send(Err(self.unavailable(
-                        "leadership changed while the update was in flight; retrying with the same update id is safe",
-                    )));
-                }
-            }
-        }
         tracing::info!(
             id = self.cfg.id,
             ?role,
@@ -908,7 +1014,7 @@ impl NodeLoop {
         let members: Vec<u64> = m.voters.iter().chain(m.learners.iter()).copied().collect();
         for (id, addr) in &m.addrs {
             if *id != self.cfg.id && members.contains(id) {
-                self.transport.set_peer(*id, addr.clone());
+                self.transport.clone().set_peer(*id, addr.clone());
             }
         }
         self.transport.retain(&members);
@@ -1012,31 +1118,19 @@ impl NodeLoop {
     }
 }
 
-/// Answers a request held while no leader was known.
-fn answer_held(msg: Msg, err: &NodeError) {
-    match msg {
-        Msg::Propose(_, reply) => {
-            let _ = reply.send(Err(err.clone()));
-        }
-        Msg::ReadIndex(reply) => {
-            let _ = reply.send(Err(err.clone()));
-        }
-        _ => {}
-    }
-}
-
-/// Answers with `err` every pending request older than `limit`.
-fn expire_pending<T>(pending: &mut HashMap<u64, Pending<T>>, limit: Duration, err: &NodeError) {
+/// Removes and returns the entries of `pending` older than `limit`.
+fn take_expired<V>(
+    pending: &mut HashMap<u64, V>,
+    since: impl Fn(&V) -> Instant,
+    now: Instant,
+    limit: Duration,
+) -> Vec<V> {
     let ids: Vec<u64> = pending
         .iter()
-        .filter(|(_, p)| p.since.elapsed() > limit)
+        .filter(|(_, v)| now.duration_since(since(v)) > limit)
         .map(|(k, _)| *k)
         .collect();
-    for id in ids {
-        if let Some(p) = pending.remove(&id) {
-            let _ = p.reply.send(Err(err.clone()));
-        }
-    }
+    ids.iter().filter_map(|id| pending.remove(id)).collect()
 }
 
 /// Whether a message carries a snapshot (the transport reports its delivery).

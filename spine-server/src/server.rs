@@ -208,13 +208,19 @@ pub async fn start(cfg: ServeConfig) -> Result<Server, ServeError> {
     health_reporter
         .set_serving::<pb::spine_server::SpineServer<SpineService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(spine_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
+    // Both reflection versions: grpcurl and current clients speak v1, Python's grpcio-reflection,
+    // older grpcurl builds and several GUI clients only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(spine_proto::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error = |e| ServeError::Config(format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
     // Everything but health goes through authentication.
     let authenticate = cfg.security.auth.interceptor();
-    let reflection = InterceptedService::new(reflection, authenticate.clone());
+    let reflection_v1 = InterceptedService::new(reflection_v1, authenticate.clone());
+    let reflection_v1alpha = InterceptedService::new(reflection_v1alpha, authenticate.clone());
     let spine = InterceptedService::new(
         pb::spine_server::SpineServer::new(SpineService::new(
             node.clone(),
@@ -255,7 +261,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Server, ServeError> {
             .add_service(spine)
             .add_service(peer)
             .add_service(health)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = grpc_stopped.await;
             })

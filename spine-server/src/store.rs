@@ -304,7 +304,11 @@ impl RaftStore {
     /// Reserves `count` request numbers that no earlier life of this node reserved, durably
     /// (synced before it returns), and returns the first of them.
     pub fn reserve_requests(&self, count: u64) -> Result<u64, StoreError> {
-        let first = match self.tree.get(REQUEST_FLOOR).map_err(|e| self.store.err(e))? {
+        let first = match self
+            .tree
+            .get(REQUEST_FLOOR)
+            .map_err(|e| self.store.err(e))?
+        {
             Some(b) => {
                 let bytes: [u8; 8] = b.as_ref().try_into().map_err(|_| StoreError::Corrupt {
                     tree: "raft",

@@ -69,8 +69,15 @@ impl Transport {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a peer, or moves it to a new address.
-    pub fn set_peer(self: &Arc<Self>, id: u64, addr: String) {
+    fn report(&self, msg: Msg) {
+        if let Some(node) = self.node.get() {
+            node.try_deliver(msg);
+        }
+    }
+}
+
+impl crate::network::RaftNetwork for Transport {
+    fn set_peer(self: Arc<Self>, id: u64, addr: String) {
         let mut peers = self.peers();
         if peers.get(&id).is_some_and(|p| p.addr == addr) {
             return;
@@ -83,8 +90,7 @@ impl Transport {
         peers.insert(id, Peer { addr, tx, task });
     }
 
-    /// Drops every peer not in `members`.
-    pub fn retain(&self, members: &[u64]) {
+    fn retain(&self, members: &[u64]) {
         self.peers().retain(|id, p| {
             let keep = members.contains(id);
             if !keep {
@@ -94,8 +100,7 @@ impl Transport {
         });
     }
 
-    /// Queues a message; drops it if its peer is unknown or far behind.
-    pub fn send(&self, m: Message) {
+    fn send(&self, m: Message) {
         let to = m.to;
         let sent = self
             .peers()
@@ -103,12 +108,6 @@ impl Transport {
             .is_some_and(|p| p.tx.try_send(m).is_ok());
         if !sent {
             self.report(Msg::Unreachable(to));
-        }
-    }
-
-    fn report(&self, msg: Msg) {
-        if let Some(node) = self.node.get() {
-            node.try_deliver(msg);
         }
     }
 }

@@ -698,6 +698,8 @@ pub async fn get_map(
 }
 
 /// Helpers to build requests.
+pub mod reflection;
+
 pub mod req {
     use super::pb;
 

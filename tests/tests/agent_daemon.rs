@@ -18,7 +18,7 @@ use spine_client::Client;
 use spine_proto::agent_v1 as pb;
 use spine_proto::agent_v1::node_agent_client::NodeAgentClient;
 use spine_proto::v1::entry::Kind;
-use spine_tests::{Cluster, ClusterOpts, bin, eventually, free_port};
+use spine_tests::{Cluster, ClusterOpts, bin, eventually, free_port, reflection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio_stream::StreamExt;
@@ -262,6 +262,29 @@ async fn scenario(
         "second daemon: {}: {stderr}",
         second.status
     );
+
+    // Health and both reflection versions are served on the socket too.
+    let ch = daemon::channel(&process.socket).await?;
+    let health = tonic_health::pb::health_client::HealthClient::new(ch.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "spine.agent.v1.NodeAgent".into(),
+        })
+        .await?
+        .into_inner()
+        .status;
+    ensure!(
+        health == tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+        "agent health {health}"
+    );
+    for (version, listed) in [
+        ("v1", reflection::services_v1(ch.clone(), None).await?),
+        ("v1alpha", reflection::services_v1alpha(ch, None).await?),
+    ] {
+        ensure!(
+            listed.iter().any(|s| s == "spine.agent.v1.NodeAgent"),
+            "agent reflection {version} lists {listed:?}"
+        );
+    }
 
     // A watch starts with the current version (the agent may first see an older one).
     let mut watch = agent

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use authz_aggregate::{Constraints, RootKey, Token, TokenError, attenuate, issue};
 use sharing_map::{AppName, CaName};
 use spine_proto::v1 as pb;
-use spine_tests::{Cluster, ClusterOpts, RawClient, req};
+use spine_tests::{Cluster, ClusterOpts, RawClient, reflection, req};
 use tonic::Code;
 
 fn root_key(cluster: &Cluster) -> anyhow::Result<RootKey> {
@@ -169,19 +169,18 @@ async fn without_a_valid_token_every_call_but_health_is_refused() -> anyhow::Res
             "{what}: RaftPeer.Send"
         );
         if token.is_none() {
-            use tonic_reflection::pb::v1 as refl;
-            let mut r = refl::server_reflection_client::ServerReflectionClient::new(ch.clone());
-            let ask = tokio_stream::iter(vec![refl::ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(
-                    refl::server_reflection_request::MessageRequest::ListServices(String::new()),
+            for (version, listed) in [
+                ("v1", reflection::services_v1(ch.clone(), None).await),
+                (
+                    "v1alpha",
+                    reflection::services_v1alpha(ch.clone(), None).await,
                 ),
-            }]);
-            let code = match r.server_reflection_info(ask).await {
-                Ok(s) => s.into_inner().message().await.err().map(|s| s.code()),
-                Err(s) => Some(s.code()),
-            };
-            assert_eq!(code, Some(Code::Unauthenticated), "reflection");
+            ] {
+                let code = listed
+                    .err()
+                    .and_then(|e| e.downcast_ref::<tonic::Status>().map(|s| s.code()));
+                assert_eq!(code, Some(Code::Unauthenticated), "reflection {version}");
+            }
             // Health needs no token.
             let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
             let status = health
@@ -196,6 +195,16 @@ async fn without_a_valid_token_every_call_but_health_is_refused() -> anyhow::Res
                 tonic_health::pb::health_check_response::ServingStatus::Serving as i32
             );
         }
+    }
+    // With a token, both reflection versions describe the API.
+    let ch = cluster.grpc_endpoint(1)?.connect().await?;
+    let v1 = reflection::services_v1(ch.clone(), Some(&cluster.token())).await?;
+    let v1alpha = reflection::services_v1alpha(ch, Some(&cluster.token())).await?;
+    for (version, listed) in [("v1", v1), ("v1alpha", v1alpha)] {
+        assert!(
+            listed.iter().any(|s| s == "spine.v1.Spine"),
+            "reflection {version} lists {listed:?}"
+        );
     }
     // Nothing was created by any of the refused calls; the admin token works.
     let digest = cluster.raw(1).await?.digest(pb::DigestRequest {}).await?;
