@@ -113,6 +113,54 @@ impl Client {
         Ok(answer.versions)
     }
 
+    /// Applies many independent updates in one request and one Raft entry (group commit). Each
+    /// `(app, change sets)` is atomic on its own, as [`update`](Self::update) would apply it, and
+    /// gets its own result: the versions it produced, or the error it alone got (a conflict, a
+    /// refusal). The call itself fails only when the batch as a whole could not be applied (no
+    /// quorum, an empty or oversized batch); retrying it is safe, every update being idempotent
+    /// by its update ids.
+    pub async fn update_batch(
+        &self,
+        updates: &[(AppName, Vec<ChangeSet>)],
+    ) -> Result<Vec<Result<Vec<u64>, ClientError>>, ClientError> {
+        let request = pb::UpdateBatchRequest {
+            updates: updates
+                .iter()
+                .map(|(app, change_sets)| pb::UpdateRequest {
+                    app: app.to_string(),
+                    change_sets: change_sets.iter().map(convert::change_set_to_pb).collect(),
+                })
+                .collect(),
+        };
+        let answer = self
+            .call(|mut rpc| {
+                let request = request.clone();
+                async move { rpc.update_batch(request).await }
+            })
+            .await?;
+        if answer.results.len() != updates.len() {
+            return Err(ClientError::Convert(ConvertError::Malformed {
+                field: "results".into(),
+                reason: format!(
+                    "{} results for {} updates",
+                    answer.results.len(),
+                    updates.len()
+                ),
+            }));
+        }
+        Ok(answer
+            .results
+            .into_iter()
+            .map(|r| match tonic::Code::from_i32(r.code) {
+                tonic::Code::Ok => Ok(r.versions),
+                code => Err(ClientError::Status {
+                    code,
+                    message: r.message,
+                }),
+            })
+            .collect())
+    }
+
     /// Reads a whole map: linearizable, or the answering node's applied state when `stale_ok`.
     pub async fn get_map(
         &self,

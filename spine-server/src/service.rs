@@ -42,6 +42,49 @@ impl SpineService {
     }
 }
 
+/// At most this many updates go in one `UpdateBatch` request.
+pub const MAX_BATCH_UPDATES: usize = 10_000;
+
+impl SpineService {
+    /// Parses, authorizes and validates one update.
+    fn check_update(
+        &self,
+        access: &Access,
+        r: pb::UpdateRequest,
+    ) -> Result<(AppName, Vec<sharing_map::ChangeSet>), Status> {
+        let app = app(&r.app)?;
+        let change_sets = r
+            .change_sets
+            .into_iter()
+            .map(convert::change_set_from_pb)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(convert_status)?;
+        for cs in &change_sets {
+            access.write(&app, cs.map())?;
+        }
+        state::validate_update(&change_sets, &self.limits).map_err(rejection_status)?;
+        Ok((app, change_sets))
+    }
+}
+
+/// The versions an applied update produced, or the status of its refusal.
+fn update_outcome(outcome: Outcome) -> Result<Vec<u64>, Status> {
+    match outcome {
+        Outcome::Updated { versions } => Ok(versions),
+        Outcome::Rejected(r) => Err(rejection_status(r)),
+        other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+/// The result of a refused update of a batch.
+fn refused(status: &Status) -> pb::UpdateResult {
+    pb::UpdateResult {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        versions: Vec::new(),
+    }
+}
+
 fn node_status(e: NodeError) -> Status {
     match e {
         NodeError::Unavailable { .. } | NodeError::Stopped => Status::unavailable(e.to_string()),
@@ -168,30 +211,79 @@ impl pb::spine_server::Spine for SpineService {
         request: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::UpdateResponse>, Status> {
         let access = Access::of(&request)?;
-        let r = request.into_inner();
-        let app = app(&r.app)?;
-        let change_sets = r
-            .change_sets
-            .into_iter()
-            .map(convert::change_set_from_pb)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(convert_status)?;
-        for cs in &change_sets {
-            access.write(&app, cs.map())?;
-        }
-        state::validate_update(&change_sets, &self.limits).map_err(rejection_status)?;
+        let (app, change_sets) = self.check_update(&access, request.into_inner())?;
         let (outcome, index) = self
             .node
             .propose(Command::Update { app, change_sets })
             .await
             .map_err(node_status)?;
-        match outcome {
-            Outcome::Updated { versions } => {
-                Ok(Response::new(pb::UpdateResponse { versions, index }))
-            }
-            Outcome::Rejected(r) => Err(rejection_status(r)),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        let versions = update_outcome(outcome)?;
+        Ok(Response::new(pb::UpdateResponse { versions, index }))
+    }
+
+    async fn update_batch(
+        &self,
+        request: Request<pb::UpdateBatchRequest>,
+    ) -> Result<Response<pb::UpdateBatchResponse>, Status> {
+        let access = Access::of(&request)?;
+        let updates = request.into_inner().updates;
+        if updates.is_empty() {
+            return Err(Status::invalid_argument("the batch holds no update"));
         }
+        if updates.len() > MAX_BATCH_UPDATES {
+            return Err(Status::invalid_argument(format!(
+                "the batch holds {} updates; at most {MAX_BATCH_UPDATES} go in one request",
+                updates.len()
+            )));
+        }
+        // Each update is checked and authorized on its own: one that is refused leaves a result
+        // in its place and the others go on.
+        let mut results: Vec<Option<pb::UpdateResult>> = Vec::with_capacity(updates.len());
+        let mut proposed = Vec::new();
+        let mut positions = Vec::new();
+        for (i, u) in updates.into_iter().enumerate() {
+            match self.check_update(&access, u) {
+                Ok((app, change_sets)) => {
+                    proposed.push(state::Update { app, change_sets });
+                    positions.push(i);
+                    results.push(None);
+                }
+                Err(status) => results.push(Some(refused(&status))),
+            }
+        }
+        let mut index = 0;
+        if !proposed.is_empty() {
+            let (outcome, at) = self
+                .node
+                .propose(Command::Batch { updates: proposed })
+                .await
+                .map_err(node_status)?;
+            index = at;
+            let Outcome::Batch(outcomes) = outcome else {
+                return Err(Status::internal(format!("unexpected outcome {outcome:?}")));
+            };
+            if outcomes.len() != positions.len() {
+                return Err(Status::internal(format!(
+                    "{} outcomes for {} updates",
+                    outcomes.len(),
+                    positions.len()
+                )));
+            }
+            for (i, outcome) in positions.into_iter().zip(outcomes) {
+                results[i] = Some(match update_outcome(outcome) {
+                    Ok(versions) => pb::UpdateResult {
+                        code: tonic::Code::Ok as i32,
+                        message: String::new(),
+                        versions,
+                    },
+                    Err(status) => refused(&status),
+                });
+            }
+        }
+        Ok(Response::new(pb::UpdateBatchResponse {
+            results: results.into_iter().flatten().collect(),
+            index,
+        }))
     }
 
     async fn get_map(

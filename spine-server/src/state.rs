@@ -105,6 +105,21 @@ pub enum Command {
     },
     /// No effect; proposed to commit an entry in a new term.
     Noop,
+    /// Independent updates committed as one entry (group commit): each applies or not on its
+    /// own, as [`Command::Update`] would.
+    Batch {
+        /// The updates, in request order.
+        updates: Vec<Update>,
+    },
+}
+
+/// One update of a [`Command::Batch`]: change sets of maps of one writer, all or none.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Update {
+    /// The app namespace.
+    pub app: AppName,
+    /// The change sets, one per map.
+    pub change_sets: Vec<ChangeSet>,
 }
 
 /// The log entry payload: a command plus who is waiting for its outcome.
@@ -137,6 +152,8 @@ pub enum Outcome {
     Rejected(Rejection),
     /// A no-op was applied.
     Nothing,
+    /// The outcome of each update of a batch, in request order.
+    Batch(Vec<Outcome>),
 }
 
 /// Why a command changed nothing.
@@ -314,6 +331,16 @@ impl State {
                 )
             }
             Command::Update { app, change_sets } => self.apply_update(app, change_sets, cfg),
+            Command::Batch { updates } => {
+                let mut outcomes = Vec::with_capacity(updates.len());
+                let mut changes = Vec::new();
+                for u in updates {
+                    let (outcome, ch) = self.apply_update(&u.app, &u.change_sets, cfg);
+                    outcomes.push(outcome);
+                    changes.extend(ch);
+                }
+                (Outcome::Batch(outcomes), changes)
+            }
         }
     }
 
@@ -513,6 +540,56 @@ mod tests {
                 created: true
             }
         );
+    }
+
+    #[test]
+    fn a_batch_applies_each_update_on_its_own() {
+        let mut s = State::default();
+        for m in ["bob-tv-x", "ann-tv-y", "cat-tv-z"] {
+            create(&mut s, m);
+        }
+        let cfg = ApplyConfig::default();
+        let app = key("bob-tv-x").app;
+        let batch = |updates: Vec<ChangeSet>| Command::Batch {
+            updates: updates
+                .into_iter()
+                .map(|c| Update {
+                    app: app.clone(),
+                    change_sets: vec![c],
+                })
+                .collect(),
+        };
+        let (out, changes) = s.apply(
+            &batch(vec![
+                cs("bob-tv-x", 0, "b1", "a", 1),
+                cs("ann-tv-y", 3, "a1", "a", 1), // stale: a conflict for this one only
+                cs("cat-tv-z", 0, "c1", "a", 1),
+                cs("bob-tv-x", 1, "b2", "a", 2), // a later update of the same map, in order
+            ]),
+            &cfg,
+        );
+        let Outcome::Batch(outcomes) = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(outcomes[0], Outcome::Updated { versions: vec![1] });
+        assert!(matches!(
+            outcomes[1],
+            Outcome::Rejected(Rejection::Apply(ApplyError::Conflict { current: 0, .. }))
+        ));
+        assert_eq!(outcomes[2], Outcome::Updated { versions: vec![1] });
+        assert_eq!(outcomes[3], Outcome::Updated { versions: vec![2] });
+        assert_eq!(changes.len(), 3);
+        let version = |s: &State, m: &str| s.maps.get(&key(m)).map(|m| m.map.version());
+        assert_eq!(version(&s, "bob-tv-x"), Some(2));
+        assert_eq!(version(&s, "ann-tv-y"), Some(0));
+        // The same batch again (a retried proposal): the last update of each map is answered
+        // idempotently, nothing changes.
+        let (again, changes) = s.apply(&batch(vec![cs("bob-tv-x", 1, "b2", "a", 2)]), &cfg);
+        assert_eq!(
+            again,
+            Outcome::Batch(vec![Outcome::Updated { versions: vec![2] }])
+        );
+        assert!(changes.is_empty());
     }
 
     #[test]

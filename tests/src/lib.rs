@@ -697,9 +697,9 @@ pub async fn get_map(
         .ok_or_else(|| anyhow::anyhow!("the answer for {map} holds no map"))
 }
 
-/// Helpers to build requests.
 pub mod reflection;
 
+/// Helpers to build requests.
 pub mod req {
     use super::pb;
 

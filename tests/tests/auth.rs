@@ -58,6 +58,21 @@ async fn every_call(c: &mut RawClient) -> Vec<(&'static str, Code)> {
             ),
         ),
         (
+            "UpdateBatch",
+            code(
+                c.update_batch(pb::UpdateBatchRequest {
+                    updates: vec![req::update(
+                        "acme-shop",
+                        "alice-phone-x",
+                        0,
+                        "u1",
+                        vec![req::put("k", "1")],
+                    )],
+                })
+                .await,
+            ),
+        ),
+        (
             "GetMap",
             code(
                 c.get_map(pb::GetMapRequest {
@@ -257,6 +272,34 @@ async fn a_ca_token_writes_only_its_own_maps_and_reads_only_its_app() -> anyhow:
             .map(|s| s.code());
         assert_eq!(e, Some(Code::PermissionDenied), "update {map}");
     }
+    // In a batch, authorization is per update: the foreign one is refused, its own applies.
+    let batch = c
+        .update_batch(pb::UpdateBatchRequest {
+            updates: vec![
+                req::update(
+                    "acme-shop",
+                    "bob-phone-x",
+                    0,
+                    "evil2",
+                    vec![req::put("k", "3")],
+                ),
+                req::update(
+                    "acme-shop",
+                    "alice-phone-x",
+                    1,
+                    "a2",
+                    vec![req::put("k", "2")],
+                ),
+            ],
+        })
+        .await?
+        .into_inner();
+    let codes: Vec<Code> = batch
+        .results
+        .iter()
+        .map(|r| Code::from_i32(r.code))
+        .collect();
+    assert_eq!(codes, vec![Code::PermissionDenied, Code::Ok], "{batch:?}");
     // Its own map in another app: refused too.
     let e = c
         .create_map(req::create("acme-mail", "alice-phone-x"))
@@ -276,7 +319,8 @@ async fn a_ca_token_writes_only_its_own_maps_and_reads_only_its_app() -> anyhow:
     assert_eq!(
         versions,
         [
-            ("alice-phone-x".to_string(), 1),
+            // 1 by its update, 2 by its update in the batch.
+            ("alice-phone-x".to_string(), 2),
             ("bob-phone-x".to_string(), 0)
         ]
     );

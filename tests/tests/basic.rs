@@ -389,3 +389,80 @@ async fn killed_nodes_replay_the_log_after_their_last_checkpoint() -> anyhow::Re
     }
     Ok(())
 }
+
+/// `UpdateBatch`: independent updates in one request, each with its own result.
+#[tokio::test]
+async fn a_batch_applies_each_update_on_its_own_and_retries_idempotently() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3, ClusterOpts::default()).await?;
+    let mut c = cluster.raw(2).await?;
+    for m in ["ann-tv-x", "bob-tv-y", "cat-tv-z"] {
+        c.create_map(req::create(APP, m)).await?;
+    }
+    let code = |r: &pb::UpdateResult| Code::from_i32(r.code);
+    let batch = pb::UpdateBatchRequest {
+        updates: vec![
+            req::update(APP, "ann-tv-x", 0, "a1", vec![req::put("k", "1")]),
+            req::update(APP, "bob-tv-y", 4, "b1", vec![req::put("k", "1")]), // stale version
+            req::update(APP, "Not-A-Map", 0, "n1", vec![req::put("k", "1")]), // bad name
+            req::update(APP, "dan-tv-w", 0, "d1", vec![req::put("k", "1")]), // no such map
+            req::update(APP, "cat-tv-z", 0, "c1", vec![req::put("k", "1")]),
+            req::update(APP, "ann-tv-x", 1, "a2", vec![req::put("k", "2")]), // same map, next version
+        ],
+    };
+    let answer = c.update_batch(batch.clone()).await?.into_inner();
+    let codes: Vec<Code> = answer.results.iter().map(code).collect();
+    assert_eq!(
+        codes,
+        vec![
+            Code::Ok,
+            Code::FailedPrecondition,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::Ok,
+            Code::Ok
+        ],
+        "{answer:?}"
+    );
+    assert_eq!(answer.results[0].versions, vec![1]);
+    assert_eq!(answer.results[5].versions, vec![2]);
+    assert!(
+        answer.results[1].message.contains("current version is 0"),
+        "{}",
+        answer.results[1].message
+    );
+    assert!(
+        answer.results[2].message.contains("Not-A-Map"),
+        "{}",
+        answer.results[2].message
+    );
+    assert!(answer.index > 0);
+    // The refused updates changed nothing; the others are there.
+    let y = spine_tests::get_map(&mut c, APP, "bob-tv-y", false).await?;
+    assert_eq!(y.version, 0);
+    let x = spine_tests::get_map(&mut c, APP, "ann-tv-x", false).await?;
+    assert_eq!(x.version, 2);
+
+    // A retry of the last update of a map is answered with the version it produced.
+    let retry = pb::UpdateBatchRequest {
+        updates: vec![
+            req::update(APP, "ann-tv-x", 1, "a2", vec![req::put("k", "2")]),
+            req::update(APP, "cat-tv-z", 0, "c1", vec![req::put("k", "1")]),
+        ],
+    };
+    let again = c.update_batch(retry).await?.into_inner();
+    assert!(
+        again.results.iter().all(|r| code(r) == Code::Ok),
+        "{again:?}"
+    );
+    assert_eq!(again.results[0].versions, vec![2]);
+    assert_eq!(again.results[1].versions, vec![1]);
+
+    // An empty batch is refused whole.
+    let empty = c
+        .update_batch(pb::UpdateBatchRequest { updates: vec![] })
+        .await;
+    assert_eq!(empty.err().map(|s| s.code()), Some(Code::InvalidArgument));
+    let digest = cluster.wait_converged(Duration::from_secs(20)).await?;
+    assert_eq!(digest.maps, 3);
+    Ok(())
+}
