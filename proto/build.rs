@@ -22,7 +22,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("agent_descriptor.bin"))
         .compile_with_config(config, &["proto/agent.proto"], &["proto"])?;
 
+    // The CA host's client API stands alone.
+    let ca_out = out.join("ca");
+    std::fs::create_dir_all(&ca_out)?;
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(&protoc);
+    tonic_prost_build::configure()
+        .out_dir(&ca_out)
+        .file_descriptor_set_path(out.join("ca_descriptor.bin"))
+        .compile_with_config(config, &["proto/ca.proto"], &["proto"])?;
+
     println!("cargo:rerun-if-changed=proto/spine.proto");
+    println!("cargo:rerun-if-changed=proto/ca.proto");
     println!("cargo:rerun-if-changed=proto/agent.proto");
     Ok(())
 }

@@ -6,6 +6,7 @@
 //!   transport.
 //! - [`agent_v1::node_agent_client`] / [`agent_v1::node_agent_server`]: the node agent's local API
 //!   (pin, get, invoke, release, watch, status), served by `spine-agent` on a Unix socket.
+//! - [`ca_v1::ca_client`] / [`ca_v1::ca_server`]: the CA host's client API (call methods of CAs).
 //!
 //! Conversions to domain types live at the edge of each user of this crate, not here.
 
@@ -27,11 +28,23 @@ pub mod spine {
     }
 }
 
+/// The CA host's client API.
+pub mod ca {
+    /// Version 1.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/ca/ca.v1.rs"));
+    }
+}
+
+pub use ca::v1 as ca_v1;
 pub use spine::agent::v1 as agent_v1;
 pub use spine::v1;
 
 /// The encoded file descriptor set of `spine.proto`, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("spine_descriptor");
+
+/// The encoded file descriptor set of `ca.proto`, for the CA host's gRPC reflection.
+pub const CA_FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ca_descriptor");
 
 /// The encoded file descriptor set of `agent.proto` (with `spine.proto`, which it imports).
 pub const AGENT_FILE_DESCRIPTOR_SET: &[u8] =

@@ -10,7 +10,7 @@ use crate::{ChangeSet, Entry, LimitError, Limits, SharingMap, UpdateId};
 /// The writer sees its own uncommitted writes; nobody else does. [`prepare`](Self::prepare) turns
 /// the writes into a change set (or none if nothing changed); dropping the transaction aborts it
 /// and leaves no trace.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Transaction {
     base: SharingMap,
     limits: Limits,

@@ -1,0 +1,446 @@
+//! One active CA: the async shell around the turn engine (DESIGN.md §9.2, §9.4).
+//!
+//! An activation loads the CA's checkpoint, runs its first turn (`__ca_init__`, or upgrade and
+//! `__ca_resume__`), redoes its pending intents, then takes messages one at a time from its
+//! queue. Turns run while the previous checkpoint is in flight (the Spine has not answered), so a
+//! hot CA is not bound by commit latency; but nothing of a turn escapes (reply, error, intent)
+//! before the checkpoint holding it is acknowledged. At most one checkpoint per CA is in flight,
+//! and it holds every turn run since the last one.
+//!
+//! A checkpoint that fails stops the activation: the callers of its turns get a retryable error
+//! (`moved` after a conflict, `checkpoint` otherwise), and the next activation loads whatever was
+//! committed. After an idle timeout the activation checkpoints what is left (intents carried
+//! out) and ends; an inactive CA costs no memory.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::Value;
+use sharing_map::{AppName, CaName, MapName, SharingMap, UpdateId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::CaError;
+use crate::app::App;
+use crate::checkpoint::{CaState, Intent, state_map_name};
+use crate::committer::CommitError;
+use crate::host::HostInner;
+use crate::turn::{Call, Checkpoint, Committed, Ids, Working};
+
+/// Failed attempts after which an intent is parked.
+pub const MAX_INTENT_ATTEMPTS: u32 = 8;
+
+/// What a successful call returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    /// The (last) method's result.
+    pub result: Value,
+    /// The version of the CA's state map that holds the call's effects.
+    pub version: u64,
+}
+
+/// A message to an activation.
+#[derive(Debug)]
+pub(crate) enum Envelope {
+    /// Calls from a client, as one turn.
+    Call {
+        calls: Vec<Call>,
+        reply: oneshot::Sender<Result<Reply, CaError>>,
+        arrived: Instant,
+    },
+    /// A plugin carried out an intent (or gave up on it).
+    IntentFinished { key: String, parked: bool },
+}
+
+struct Waiter {
+    reply: oneshot::Sender<Result<Reply, CaError>>,
+    outcome: Result<Value, CaError>,
+    arrived: Instant,
+}
+
+struct InFlight {
+    rx: oneshot::Receiver<Result<Vec<u64>, CommitError>>,
+    checkpoint: Checkpoint,
+    waiters: Vec<Waiter>,
+}
+
+pub(crate) struct Activation {
+    host: Arc<HostInner>,
+    app_name: AppName,
+    ca: CaName,
+    generation: u64,
+    app: Arc<dyn App>,
+    nonce: u64,
+    seq: u64,
+    scratch: serde_json::Map<String, Value>,
+    waiters: Vec<Waiter>,
+    in_flight: Option<InFlight>,
+    running_intents: usize,
+    me: mpsc::WeakSender<Envelope>,
+}
+
+impl Activation {
+    pub(crate) fn new(
+        host: Arc<HostInner>,
+        app_name: AppName,
+        ca: CaName,
+        generation: u64,
+        app: Arc<dyn App>,
+        me: mpsc::WeakSender<Envelope>,
+    ) -> Self {
+        Self {
+            host,
+            app_name,
+            ca,
+            generation,
+            app,
+            nonce: rand::rng().random(),
+            seq: 0,
+            scratch: serde_json::Map::new(),
+            waiters: Vec::new(),
+            in_flight: None,
+            running_intents: 0,
+            me,
+        }
+    }
+
+    /// Runs the activation until it ends, then hands calls still queued back to the host.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Envelope>) {
+        self.host.metrics.active.inc();
+        let span = tracing::info_span!("ca", app = %self.app_name, ca = %self.ca);
+        let _enter = span.enter();
+        let end = match self.load().await {
+            Ok((committed, working)) => self.serve(&mut rx, committed, working).await,
+            Err(e) => Some(e),
+        };
+        if let Some(e) = &end {
+            tracing::warn!(error = %e, code = %e.code, "activation stopped");
+            self.fail_all(e);
+        }
+        self.host
+            .remove_slot(&self.app_name, &self.ca, self.generation);
+        self.host.metrics.active.dec();
+        rx.close();
+        while let Ok(envelope) = rx.try_recv() {
+            if let Envelope::Call { .. } = envelope {
+                match &end {
+                    // The calls never ran here: a new activation takes them.
+                    None => self.host.clone().redispatch(
+                        self.app_name.clone(),
+                        self.ca.clone(),
+                        envelope,
+                    ),
+                    Some(e) => fail(envelope, e),
+                }
+            }
+        }
+    }
+
+    fn ids(&self) -> (AppName, CaName) {
+        (self.app_name.clone(), self.ca.clone())
+    }
+
+    /// Loads (or creates) the CA's maps and runs its first turn.
+    async fn load(&mut self) -> Result<(Committed, Working), CaError> {
+        let state_name = state_map_name(&self.ca)?;
+        let state_map = self.get_or_create(&state_name).await?;
+        let state = CaState::decode(&state_map).map_err(|e| CaError::exception(e.to_string()))?;
+        let mut maps = std::collections::BTreeMap::new();
+        for local in self.app.maps() {
+            let name = MapName::parse(&format!("{}-{local}", self.ca)).map_err(|e| {
+                CaError::exception(format!(
+                    "the app declares map {local:?}, not a valid map name: {e}"
+                ))
+            })?;
+            maps.insert(local, self.get_or_create(&name).await?);
+        }
+        let committed = Committed {
+            state_map,
+            state,
+            maps,
+        };
+        let mut working = Working::from_committed(&committed);
+        let (app, ca) = self.ids();
+        let ids = Ids { app: &app, ca: &ca };
+        let limits = &self.host.config.limits;
+        if committed.state.meta.is_none() {
+            working.run_init(&*self.app, ids, &mut self.scratch, limits)?;
+        } else {
+            working.run_resume(&*self.app, ids, &mut self.scratch, limits)?;
+        }
+        // Intents a previous activation recorded but may not have carried out: redone first.
+        let pending: Vec<Intent> = committed.state.pending_intents().cloned().collect();
+        for intent in pending {
+            self.carry_out(intent);
+        }
+        Ok((committed, working))
+    }
+
+    async fn get_or_create(&self, name: &MapName) -> Result<SharingMap, CaError> {
+        let client = &self.host.client;
+        let unavailable =
+            |e: spine_client::ClientError| CaError::checkpoint(format!("loading map {name}: {e}"));
+        match client.get_map(&self.app_name, name, false).await {
+            Ok(map) => return Ok(map),
+            Err(e) if e.code() == tonic::Code::NotFound => {}
+            Err(e) => return Err(unavailable(e)),
+        }
+        client
+            .create_map(&self.app_name, name, Vec::new())
+            .await
+            .map_err(unavailable)?;
+        client
+            .get_map(&self.app_name, name, false)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Serves messages; returns why it stopped if it failed (`None`: idle or host shutdown).
+    async fn serve(
+        &mut self,
+        rx: &mut mpsc::Receiver<Envelope>,
+        mut committed: Committed,
+        mut working: Working,
+    ) -> Option<CaError> {
+        let idle = self.host.config.idle;
+        let mut last_activity = Instant::now();
+        loop {
+            if let Err(e) = self.maybe_checkpoint(&committed, &mut working) {
+                return Some(e);
+            }
+            let quiet = self.in_flight.is_none() && self.waiters.is_empty();
+            let idle_at = tokio::time::Instant::from_std(last_activity + idle);
+            tokio::select! {
+                envelope = rx.recv() => {
+                    // Every sender is gone: the host is shutting down.
+                    let Some(envelope) = envelope else { break };
+                    last_activity = Instant::now();
+                    self.handle(&mut working, envelope);
+                    // Take what else is queued now, so it joins the same checkpoint.
+                    for _ in 0..256 {
+                        match rx.try_recv() {
+                            Ok(envelope) => self.handle(&mut working, envelope),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                answer = wait(&mut self.in_flight) => {
+                    last_activity = Instant::now();
+                    match self.on_answer(answer) {
+                        Ok(next) => committed = next,
+                        Err(e) => return Some(e),
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_at), if quiet && self.running_intents == 0 => {
+                    if !working.differs_from(&committed) {
+                        return None;
+                    }
+                    // Leftovers (intents carried out) go in a last checkpoint first.
+                    last_activity = Instant::now();
+                }
+            }
+        }
+        None
+    }
+
+    fn handle(&mut self, working: &mut Working, envelope: Envelope) {
+        match envelope {
+            Envelope::Call {
+                calls,
+                reply,
+                arrived,
+            } => {
+                let (app, ca) = self.ids();
+                let outcome = working.run_calls(
+                    &*self.app,
+                    Ids { app: &app, ca: &ca },
+                    &mut self.scratch,
+                    &calls,
+                    &self.host.config.limits,
+                );
+                self.waiters.push(Waiter {
+                    reply,
+                    outcome,
+                    arrived,
+                });
+            }
+            Envelope::IntentFinished { key, parked } => {
+                self.running_intents = self.running_intents.saturating_sub(1);
+                if parked {
+                    if let Some(i) = working.state.intents.get_mut(&key) {
+                        i.parked = true;
+                    }
+                } else {
+                    working.state.intents.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Sends what the waiting turns did as one checkpoint, unless one is in flight; turns that
+    /// changed nothing are answered at once when nothing is in flight.
+    fn maybe_checkpoint(
+        &mut self,
+        committed: &Committed,
+        working: &mut Working,
+    ) -> Result<(), CaError> {
+        if self.in_flight.is_some() {
+            return Ok(());
+        }
+        self.seq += 1;
+        let id = UpdateId::parse(&format!("ca-{:016x}-{}", self.nonce, self.seq))
+            .map_err(|e| CaError::exception(e.to_string()))?;
+        let (app, ca) = self.ids();
+        let Some(checkpoint) =
+            working.prepare_checkpoint(Ids { app: &app, ca: &ca }, committed, &id)?
+        else {
+            // Nothing to commit: the answers depend only on committed state.
+            let version = committed.state_map.version();
+            for w in std::mem::take(&mut self.waiters) {
+                self.release(w, version);
+            }
+            return Ok(());
+        };
+        let turns = self.waiters.len();
+        self.host.metrics.turns_per_checkpoint.observe(turns as f64);
+        let rx = self
+            .host
+            .committer
+            .submit(self.app_name.clone(), checkpoint.change_sets.clone());
+        self.in_flight = Some(InFlight {
+            rx,
+            checkpoint,
+            waiters: std::mem::take(&mut self.waiters),
+        });
+        Ok(())
+    }
+
+    fn on_answer(
+        &mut self,
+        answer: Result<Result<Vec<u64>, CommitError>, CaError>,
+    ) -> Result<Committed, CaError> {
+        let Some(flight) = self.in_flight.take() else {
+            return Err(CaError::exception(
+                "a checkpoint answer without a checkpoint",
+            ));
+        };
+        let failure = match answer {
+            Ok(Ok(versions)) => {
+                let expected = flight.checkpoint.next.state_map.version();
+                if versions.first() == Some(&expected) {
+                    None
+                } else {
+                    Some(CaError::checkpoint(format!(
+                        "the Spine answered versions {versions:?} for a checkpoint at version {expected}"
+                    )))
+                }
+            }
+            Ok(Err(CommitError::Conflict(m))) => Some(CaError::moved(format!(
+                "another activation of CA {} committed first; call again ({m})",
+                self.ca
+            ))),
+            Ok(Err(e)) => Some(CaError::checkpoint(format!(
+                "the checkpoint of CA {} did not commit and may have landed; call again ({e})",
+                self.ca
+            ))),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failure {
+            for w in flight.waiters {
+                let _ = w.reply.send(Err(e.clone()));
+                self.host.metrics.turn(e.code.as_str());
+            }
+            return Err(e);
+        }
+        let version = flight.checkpoint.next.state_map.version();
+        for w in flight.waiters {
+            self.release(w, version);
+        }
+        for intent in flight.checkpoint.intents {
+            self.carry_out(intent);
+        }
+        Ok(flight.checkpoint.next)
+    }
+
+    fn release(&self, w: Waiter, version: u64) {
+        let metrics = &self.host.metrics;
+        metrics
+            .turn_seconds
+            .observe(w.arrived.elapsed().as_secs_f64());
+        match &w.outcome {
+            Ok(_) => metrics.turn("committed"),
+            Err(e) => metrics.turn(e.code.as_str()),
+        }
+        let _ = w
+            .reply
+            .send(w.outcome.map(|result| Reply { result, version }));
+    }
+
+    /// Carries out an intent in the background, retrying with backoff; tells the activation
+    /// when it is done or parked (if the activation is gone, the intent stays pending in the
+    /// checkpoint and the next activation redoes it).
+    fn carry_out(&mut self, intent: Intent) {
+        let Some(plugin) = self.host.plugins.get(&intent.plugin).cloned() else {
+            tracing::warn!(key = %intent.key, plugin = %intent.plugin, "no such plugin on this host: intent left pending");
+            return;
+        };
+        self.running_intents += 1;
+        let me = self.me.clone();
+        let metrics = self.host.metrics.clone();
+        metrics.pending_intents.inc();
+        tokio::spawn(async move {
+            let mut parked = true;
+            for attempt in 0..MAX_INTENT_ATTEMPTS {
+                match plugin.carry_out(intent.clone()).await {
+                    Ok(()) => {
+                        parked = false;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %intent.key, attempt, error = %e, "intent failed");
+                        let backoff = Duration::from_millis(50u64 << attempt.min(8));
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+            }
+            metrics.pending_intents.dec();
+            if parked {
+                metrics.parked_intents.inc();
+            }
+            if let Some(me) = me.upgrade() {
+                let _ = me
+                    .send(Envelope::IntentFinished {
+                        key: intent.key,
+                        parked,
+                    })
+                    .await;
+            }
+        });
+    }
+
+    fn fail_all(&mut self, e: &CaError) {
+        for w in std::mem::take(&mut self.waiters) {
+            let _ = w.reply.send(Err(e.clone()));
+        }
+        if let Some(flight) = self.in_flight.take() {
+            for w in flight.waiters {
+                let _ = w.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn fail(envelope: Envelope, e: &CaError) {
+    if let Envelope::Call { reply, .. } = envelope {
+        let _ = reply.send(Err(e.clone()));
+    }
+}
+
+async fn wait(in_flight: &mut Option<InFlight>) -> Result<Result<Vec<u64>, CommitError>, CaError> {
+    match in_flight {
+        Some(f) => (&mut f.rx)
+            .await
+            .map_err(|_| CaError::checkpoint("the committer dropped the checkpoint")),
+        None => std::future::pending().await,
+    }
+}

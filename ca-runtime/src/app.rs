@@ -1,0 +1,132 @@
+//! The app API in Rust (DESIGN.md §9.10): a behaviour an app implements, and the context its
+//! methods get.
+
+use std::collections::BTreeMap;
+
+use semver::Version;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sharing_map::{AppName, CaName, Transaction};
+
+/// How a method fails.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MethodError {
+    /// The app refuses the call (an application error): the turn is rolled back and the caller
+    /// gets this message; the CA goes on.
+    #[error("{0}")]
+    App(String),
+    /// The app has no such method.
+    #[error("this app has no method {0:?}")]
+    UnknownMethod(String),
+    /// The arguments do not fit the method.
+    #[error("bad arguments: {0}")]
+    BadArgs(String),
+    /// The method failed inside (a broken invariant, a limit): an exception, like a panic.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What methods return.
+pub type MethodResult<T> = Result<T, MethodError>;
+
+/// An app: its state version, life-cycle hooks and methods. Methods run one at a time per CA;
+/// each call is one transaction, so a method that returns an error (or panics) leaves no trace.
+pub trait App: Send + Sync + 'static {
+    /// The version of the state layout this code reads and writes (semver).
+    fn state_version(&self) -> Version;
+
+    /// Local names of the Sharing Maps each CA writes (`prices` is `alice-phone-prices` for CA
+    /// `alice-phone`): created at activation, written through [`Cx::map`], committed atomically
+    /// with the checkpoint.
+    fn maps(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// `__ca_init__`: the first turn of a new CA.
+    fn init(&self, _cx: &mut Cx<'_>) -> MethodResult<()> {
+        Ok(())
+    }
+
+    /// `__ca_resume__`: the first turn of every later activation, after upgrades.
+    fn resume(&self, _cx: &mut Cx<'_>) -> MethodResult<()> {
+        Ok(())
+    }
+
+    /// `__ca_upgrade__`: the checkpoint was written by state version `old`, this code is `new`.
+    /// `None` (the default) takes the default rule: a compatible version (`^old`) is accepted,
+    /// anything else (a downgrade, a breaking bump) refuses to activate the CA.
+    fn upgrade(
+        &self,
+        _cx: &mut Cx<'_>,
+        _old: &Version,
+        _new: &Version,
+    ) -> Option<MethodResult<()>> {
+        None
+    }
+
+    /// Runs method `method` with `args`.
+    fn call(&self, cx: &mut Cx<'_>, method: &str, args: &[Value]) -> MethodResult<Value>;
+}
+
+/// An effect a method asks for: carried out by `plugin` after the turn commits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewIntent {
+    /// The plugin that carries it out.
+    pub plugin: String,
+    /// What it should do.
+    pub payload: Value,
+}
+
+/// What a method sees: its CA, its state (checkpointed, rolled back on error), its scratch
+/// (memory only, never rolled back), its writable maps, and the intents it records.
+#[derive(Debug)]
+pub struct Cx<'a> {
+    pub(crate) app: &'a AppName,
+    pub(crate) ca: &'a CaName,
+    /// The CA's state: a JSON object, checkpointed with the turn.
+    pub state: &'a mut serde_json::Map<String, Value>,
+    /// Memory only: lost on deactivation, kept across failed turns.
+    pub scratch: &'a mut serde_json::Map<String, Value>,
+    pub(crate) maps: &'a mut BTreeMap<String, Transaction>,
+    pub(crate) intents: &'a mut Vec<NewIntent>,
+}
+
+impl Cx<'_> {
+    /// The app.
+    pub fn app(&self) -> &AppName {
+        self.app
+    }
+
+    /// The CA.
+    pub fn ca(&self) -> &CaName {
+        self.ca
+    }
+
+    /// The transaction on this CA's writable map `local` (one the app declared in
+    /// [`App::maps`]); its writes commit with the turn.
+    pub fn map(&mut self, local: &str) -> MethodResult<&mut Transaction> {
+        let ca = self.ca;
+        self.maps.get_mut(local).ok_or_else(|| {
+            MethodError::Failed(format!(
+                "map {ca}-{local} is not one of the maps this app declares"
+            ))
+        })
+    }
+
+    /// Records an intent for `plugin`: it is carried out after this turn's checkpoint commits,
+    /// exactly once by its idempotency key, and vanishes if the turn aborts.
+    pub fn intent(&mut self, plugin: &str, payload: Value) {
+        self.intents.push(NewIntent {
+            plugin: plugin.to_string(),
+            payload,
+        });
+    }
+}
+
+/// Argument `index` of `args`, named `name` in errors; a missing argument is JSON `null`, so an
+/// `Option<T>` argument may be left out.
+pub fn arg<T: DeserializeOwned>(args: &[Value], index: usize, name: &str) -> MethodResult<T> {
+    let value = args.get(index).cloned().unwrap_or(Value::Null);
+    serde_json::from_value(value)
+        .map_err(|e| MethodError::BadArgs(format!("argument {} ({name}): {e}", index + 1)))
+}

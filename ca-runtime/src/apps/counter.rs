@@ -1,0 +1,133 @@
+//! `counter`: the example app. Each CA keeps a count in its state.
+//!
+//! Methods:
+//! - `increment(n = 1)` → the new count;
+//! - `get()` → the count;
+//! - `share(n = 1)` → increments, and writes the new count to the CA's two Sharing Maps
+//!   (`<ca>-counter` and `<ca>-mirror`, key `count`), all in one transaction;
+//! - `log(text)` → increments, and records an intent for the `log` plugin (carried out after the
+//!   checkpoint, once by its key);
+//! - `fail(message)` → increments, then returns an application error (rolled back);
+//! - `panic()` → increments, writes the maps, records an intent, then panics (rolled back);
+//! - `grow(bytes)` → stores a string of that many bytes (to try the state limit).
+//!
+//! `__ca_upgrade__` migrates a breaking upward bump (0.1.x → 0.2.0) by recording where it came
+//! from; other changes take the default rule.
+
+use semver::Version;
+use serde_json::{Value, json};
+
+use crate::app::{App, Cx, MethodError, MethodResult, arg};
+
+/// The counter app.
+#[derive(Debug, Clone)]
+pub struct Counter {
+    version: Version,
+}
+
+impl Counter {
+    /// The app name it is served under by default.
+    pub const APP: &'static str = "demo-counter";
+
+    /// The state version this code declares by default.
+    pub fn default_version() -> Version {
+        Version::new(0, 1, 0)
+    }
+
+    /// The counter, declaring state version `version`.
+    pub fn new(version: Version) -> Self {
+        Self { version }
+    }
+
+    fn add(cx: &mut Cx<'_>, n: i64) -> i64 {
+        let count = cx.state.get("count").and_then(Value::as_i64).unwrap_or(0) + n;
+        cx.state.insert("count".into(), json!(count));
+        count
+    }
+
+    fn share(cx: &mut Cx<'_>, count: i64) -> MethodResult<()> {
+        for map in ["counter", "mirror"] {
+            cx.map(map)?
+                .put("count", json!(count))
+                .map_err(|e| MethodError::Failed(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+impl App for Counter {
+    fn state_version(&self) -> Version {
+        self.version.clone()
+    }
+
+    fn maps(&self) -> Vec<String> {
+        vec!["counter".into(), "mirror".into()]
+    }
+
+    fn init(&self, cx: &mut Cx<'_>) -> MethodResult<()> {
+        cx.state.insert("count".into(), json!(0));
+        Ok(())
+    }
+
+    fn resume(&self, cx: &mut Cx<'_>) -> MethodResult<()> {
+        let n = cx
+            .scratch
+            .get("resumed")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        cx.scratch.insert("resumed".into(), json!(n + 1));
+        Ok(())
+    }
+
+    fn upgrade(&self, cx: &mut Cx<'_>, old: &Version, new: &Version) -> Option<MethodResult<()>> {
+        // Only a breaking bump upwards needs a migration; the rest takes the default rule.
+        let breaking =
+            new > old && (new.major != old.major || new.major == 0 && new.minor != old.minor);
+        if !breaking {
+            return None;
+        }
+        cx.state
+            .insert("upgraded_from".into(), json!(old.to_string()));
+        Some(Ok(()))
+    }
+
+    fn call(&self, cx: &mut Cx<'_>, method: &str, args: &[Value]) -> MethodResult<Value> {
+        match method {
+            "increment" => {
+                let n: Option<i64> = arg(args, 0, "n")?;
+                Ok(json!(Self::add(cx, n.unwrap_or(1))))
+            }
+            "get" => Ok(cx.state.get("count").cloned().unwrap_or(json!(0))),
+            "share" => {
+                let n: Option<i64> = arg(args, 0, "n")?;
+                let count = Self::add(cx, n.unwrap_or(1));
+                Self::share(cx, count)?;
+                Ok(json!(count))
+            }
+            "log" => {
+                let text: String = arg(args, 0, "text")?;
+                let count = Self::add(cx, 1);
+                cx.intent("log", json!({"text": text, "count": count}));
+                Ok(json!(count))
+            }
+            "fail" => {
+                let message: String = arg(args, 0, "message")?;
+                let count = Self::add(cx, 1);
+                Self::share(cx, count)?;
+                Err(MethodError::App(message))
+            }
+            "panic" => {
+                let count = Self::add(cx, 1);
+                Self::share(cx, count)?;
+                cx.intent("log", json!({"text": "never", "count": count}));
+                panic!("the counter panicked on purpose at {count}");
+            }
+            "grow" => {
+                let bytes: usize = arg(args, 0, "bytes")?;
+                cx.state.insert("blob".into(), json!("x".repeat(bytes)));
+                Ok(json!(bytes))
+            }
+            other => Err(MethodError::UnknownMethod(other.to_string())),
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The example apps every host serves by default.
+
+pub mod counter;

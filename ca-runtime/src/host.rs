@@ -1,0 +1,297 @@
+//! The host: routes calls to activations, creating them on demand (DESIGN.md §9.4).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sharing_map::{AppName, CaName};
+use spine_client::Client;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::CaError;
+use crate::activation::{Activation, Envelope, Reply};
+use crate::app::App;
+use crate::committer::{Committer, CommitterConfig};
+use crate::metrics::Metrics;
+use crate::plugins::Plugins;
+use crate::turn::{Call, TurnLimits};
+
+/// The prefix of system methods, which no client may call.
+pub const SYSTEM_PREFIX: &str = "__ca_";
+
+/// How a host runs its CAs.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// An activation with nothing to do for this long ends.
+    pub idle: Duration,
+    /// Limits of every turn (state size); the plugin list is filled in from the host's plugins.
+    pub limits: TurnLimits,
+    /// Most method calls in one multi-call.
+    pub max_calls: usize,
+    /// Largest arguments of one call, as JSON text.
+    pub max_args_bytes: usize,
+    /// Calls queued per activation before callers wait.
+    pub mailbox: usize,
+    /// Group commit bounds.
+    pub committer: CommitterConfig,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(60),
+            limits: TurnLimits::default(),
+            max_calls: 100,
+            max_args_bytes: 256 * 1024,
+            mailbox: 1024,
+            committer: CommitterConfig::default(),
+        }
+    }
+}
+
+struct Slot {
+    tx: mpsc::Sender<Envelope>,
+    generation: u64,
+}
+
+/// What activations share.
+pub(crate) struct HostInner {
+    pub(crate) config: HostConfig,
+    pub(crate) client: Client,
+    pub(crate) committer: Committer,
+    pub(crate) plugins: Plugins,
+    pub(crate) metrics: Arc<Metrics>,
+    apps: BTreeMap<AppName, Arc<dyn App>>,
+    slots: Mutex<HashMap<(AppName, CaName), Slot>>,
+    generations: AtomicU64,
+}
+
+/// A CA host.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<HostInner>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("apps", &self.inner.apps.keys().collect::<Vec<_>>())
+            .field("active", &self.active())
+            .finish()
+    }
+}
+
+impl Host {
+    /// A host serving `apps`, checkpointing through `client`. Starts its committer on the
+    /// current tokio runtime.
+    pub fn new(
+        client: Client,
+        apps: Vec<(AppName, Arc<dyn App>)>,
+        plugins: Plugins,
+        mut config: HostConfig,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let committer = Committer::start(client.clone(), config.committer, metrics.clone());
+        for name in ["log"] {
+            if plugins.has(name) {
+                config.limits.plugins.insert(name.to_string());
+            }
+        }
+        Self {
+            inner: Arc::new(HostInner {
+                config,
+                client,
+                committer,
+                plugins,
+                metrics,
+                apps: apps.into_iter().collect(),
+                slots: Mutex::new(HashMap::new()),
+                generations: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The host's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.inner.metrics.clone()
+    }
+
+    /// The apps it serves.
+    pub fn apps(&self) -> Vec<AppName> {
+        self.inner.apps.keys().cloned().collect()
+    }
+
+    /// Active CAs.
+    pub fn active(&self) -> usize {
+        self.inner.slots.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Calls methods of a CA as they arrive from a client: names as text, arguments as JSON
+    /// array text. Bad input gets an `invalid` (or `not_found`) error and changes nothing.
+    pub async fn call(
+        &self,
+        app: &str,
+        ca: &str,
+        calls: Vec<(String, String)>,
+    ) -> Result<Reply, CaError> {
+        let (app, ca) = parse_names(app, ca)?;
+        let calls = self.parse_calls(calls)?;
+        self.call_parsed(app, ca, calls).await
+    }
+
+    fn parse_calls(&self, calls: Vec<(String, String)>) -> Result<Vec<Call>, CaError> {
+        let config = &self.inner.config;
+        if calls.is_empty() {
+            return Err(CaError::invalid("a call needs at least one method"));
+        }
+        if calls.len() > config.max_calls {
+            return Err(CaError::invalid(format!(
+                "{} method calls in one request; at most {} are allowed",
+                calls.len(),
+                config.max_calls
+            )));
+        }
+        calls
+            .into_iter()
+            .map(|(method, args_json)| {
+                if method.starts_with(SYSTEM_PREFIX) {
+                    return Err(CaError::invalid(format!(
+                        "{method} is a system method ({SYSTEM_PREFIX}*): no client may call it"
+                    )));
+                }
+                if method.is_empty() {
+                    return Err(CaError::invalid("the method name is empty"));
+                }
+                if args_json.len() > config.max_args_bytes {
+                    return Err(CaError::invalid(format!(
+                        "the arguments of {method} are {} bytes; at most {} are allowed",
+                        args_json.len(),
+                        config.max_args_bytes
+                    )));
+                }
+                let args = if args_json.trim().is_empty() {
+                    Vec::new()
+                } else {
+                    match serde_json::from_str::<Value>(&args_json) {
+                        Ok(Value::Array(args)) => args,
+                        Ok(_) => {
+                            return Err(CaError::invalid(format!(
+                                "the arguments of {method} must be a JSON array"
+                            )));
+                        }
+                        Err(e) => {
+                            return Err(CaError::invalid(format!(
+                                "the arguments of {method} are not JSON: {e}"
+                            )));
+                        }
+                    }
+                };
+                Ok(Call { method, args })
+            })
+            .collect()
+    }
+
+    /// Calls methods of a CA, as one transaction.
+    pub async fn call_parsed(
+        &self,
+        app: AppName,
+        ca: CaName,
+        calls: Vec<Call>,
+    ) -> Result<Reply, CaError> {
+        if !self.inner.apps.contains_key(&app) {
+            return Err(CaError::not_found(format!(
+                "this host serves no app {app} (it serves: {})",
+                self.apps()
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let (reply, rx) = oneshot::channel();
+        let envelope = Envelope::Call {
+            calls,
+            reply,
+            arrived: Instant::now(),
+        };
+        self.inner.metrics.queued.inc();
+        self.inner.clone().route(app, ca, envelope).await;
+        let answer = rx
+            .await
+            .unwrap_or_else(|_| Err(CaError::shut_down("the CA's activation ended; call again")));
+        self.inner.metrics.queued.dec();
+        answer
+    }
+}
+
+/// Parses a client's app and CA names.
+pub fn parse_names(app: &str, ca: &str) -> Result<(AppName, CaName), CaError> {
+    let app = AppName::parse(app).map_err(|e| CaError::invalid(e.to_string()))?;
+    let ca = CaName::parse(ca).map_err(|e| CaError::invalid(e.to_string()))?;
+    Ok((app, ca))
+}
+
+impl HostInner {
+    /// Delivers `envelope` to the CA's activation, starting one if there is none.
+    pub(crate) async fn route(self: Arc<Self>, app: AppName, ca: CaName, mut envelope: Envelope) {
+        loop {
+            let Some(tx) = self.slot(&app, &ca) else {
+                if let Envelope::Call { reply, .. } = envelope {
+                    let _ = reply.send(Err(CaError::not_found(format!("no app {app}"))));
+                }
+                return;
+            };
+            match tx.send(envelope).await {
+                Ok(()) => return,
+                // The activation ended meanwhile: it has left its slot; start another.
+                Err(mpsc::error::SendError(back)) => envelope = back,
+            }
+        }
+    }
+
+    /// Routes an envelope from an activation that ended before running it.
+    pub(crate) fn redispatch(self: Arc<Self>, app: AppName, ca: CaName, envelope: Envelope) {
+        tokio::spawn(self.route(app, ca, envelope));
+    }
+
+    fn slot(self: &Arc<Self>, app: &AppName, ca: &CaName) -> Option<mpsc::Sender<Envelope>> {
+        let code = self.apps.get(app)?.clone();
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (app.clone(), ca.clone());
+        if let Some(slot) = slots.get(&key) {
+            if !slot.tx.is_closed() {
+                return Some(slot.tx.clone());
+            }
+        }
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.config.mailbox.max(1));
+        let activation = Activation::new(
+            self.clone(),
+            app.clone(),
+            ca.clone(),
+            generation,
+            code,
+            tx.downgrade(),
+        );
+        tokio::spawn(activation.run(rx));
+        slots.insert(
+            key,
+            Slot {
+                tx: tx.clone(),
+                generation,
+            },
+        );
+        Some(tx)
+    }
+
+    /// An activation that ends leaves its slot (unless a newer one took it).
+    pub(crate) fn remove_slot(&self, app: &AppName, ca: &CaName, generation: u64) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (app.clone(), ca.clone());
+        if slots.get(&key).is_some_and(|s| s.generation == generation) {
+            slots.remove(&key);
+        }
+    }
+}

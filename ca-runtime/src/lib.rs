@@ -1,0 +1,30 @@
+//! The CA runtime (DESIGN.md §9): hosts of Cloud Assistants, transactional actors whose every
+//! message is one transaction, checkpointed in the Spine before any reply or side effect leaves.
+//!
+//! - [`turn`]: the turn engine, a pure core: a turn runs on a copy of the CA, an error or a panic
+//!   drops the copy (abort), and everything run since the last checkpoint becomes one atomic
+//!   Spine update (delta of the private state map, CAS on its version, the CA's map writes).
+//! - [`checkpoint`]: the private state map's layout, decoded; intents and their keys.
+//! - [`app`]: the app API in Rust (the [`App`] trait and the [`Cx`] its methods get).
+//! - [`activation`]: one active CA, the async shell: load, first turn, messages, the output gate.
+//! - [`committer`]: group commit of many CAs' checkpoints through `UpdateBatch`.
+//! - [`host`]: routing calls to activations; [`service`]: the `ca.v1` gRPC endpoint.
+//! - [`plugins`]: plugins that carry out intents after commit (`log`).
+//! - [`apps`]: example apps (`counter`).
+
+pub mod activation;
+pub mod app;
+pub mod apps;
+pub mod checkpoint;
+pub mod committer;
+pub mod error;
+pub mod host;
+pub mod metrics;
+pub mod plugins;
+pub mod service;
+pub mod turn;
+
+pub use activation::Reply;
+pub use app::{App, Cx, MethodError, MethodResult};
+pub use error::CaError;
+pub use host::{Host, HostConfig};

@@ -1,0 +1,99 @@
+//! Plugins that carry out intents after commit (DESIGN.md §9.3). A plugin gets every intent
+//! recorded for it, at least once, with its idempotency key; it makes a repeat harmless.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::checkpoint::Intent;
+
+/// Carries out intents of one kind.
+pub trait IntentPlugin: Send + Sync + std::fmt::Debug + 'static {
+    /// The name intents name it by.
+    fn name(&self) -> &str;
+    /// Carries out `intent`; a repeat of an intent already carried out must change nothing.
+    fn carry_out(&self, intent: Intent) -> BoxFuture<'static, Result<(), String>>;
+}
+
+/// The plugins of a host, by name.
+#[derive(Clone, Debug, Default)]
+pub struct Plugins {
+    by_name: BTreeMap<String, Arc<dyn IntentPlugin>>,
+}
+
+impl Plugins {
+    /// Adds `plugin`.
+    pub fn with(mut self, plugin: Arc<dyn IntentPlugin>) -> Self {
+        self.by_name.insert(plugin.name().to_string(), plugin);
+        self
+    }
+    /// The plugin named `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn IntentPlugin>> {
+        self.by_name.get(name)
+    }
+    /// Whether a plugin named `name` is there.
+    pub fn has(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+}
+
+/// The `log` plugin: appends `key<TAB>payload` lines to a file, once per key (it reads the file
+/// before writing, so a redo after a crash finds the line and writes nothing). Each line is
+/// written and fsync'd before the intent counts as done. Meant for tests and demos: each intent
+/// reads the whole file.
+#[derive(Debug)]
+pub struct LogPlugin {
+    path: PathBuf,
+}
+
+impl LogPlugin {
+    /// The plugin name.
+    pub const NAME: &'static str = "log";
+
+    /// A log plugin writing to `path`.
+    pub fn new(path: PathBuf) -> Arc<Self> {
+        Arc::new(Self { path })
+    }
+}
+
+impl IntentPlugin for LogPlugin {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn carry_out(&self, intent: Intent) -> BoxFuture<'static, Result<(), String>> {
+        let path = self.path.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || append_once(&path, &intent))
+                .await
+                .map_err(|e| format!("log plugin task: {e}"))?
+        })
+    }
+}
+
+fn append_once(path: &std::path::Path, intent: &Intent) -> Result<(), String> {
+    // Keeps check-then-append of concurrent intents apart (one host process writes the file).
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK
+        .lock()
+        .map_err(|_| "log plugin lock poisoned".to_string())?;
+    let io = |e: std::io::Error| format!("log file {}: {e}", path.display());
+    if let Ok(file) = std::fs::File::open(path) {
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line.map_err(io)?;
+            if line.split('\t').next() == Some(intent.key.as_str()) {
+                return Ok(());
+            }
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io)?;
+    writeln!(file, "{}\t{}", intent.key, intent.payload).map_err(io)?;
+    file.sync_data().map_err(io)
+}
