@@ -42,7 +42,9 @@ impl Plugins {
 
 /// The `log` plugin: appends `key<TAB>payload` lines to a file, once per key (it reads the file
 /// before writing, so a redo after a crash finds the line and writes nothing). Each line is
-/// written and fsync'd before the intent counts as done. Meant for tests and demos: each intent
+/// written and fsync'd before the intent counts as done. While a file named like the log with
+/// `.hold` appended exists, the plugin refuses every intent (as an unavailable service would), so
+/// intents stay pending and are retried. Meant for tests and demos: each intent
 /// reads the whole file.
 #[derive(Debug)]
 pub struct LogPlugin {
@@ -81,6 +83,14 @@ fn append_once(path: &std::path::Path, intent: &Intent) -> Result<(), String> {
         .lock()
         .map_err(|_| "log plugin lock poisoned".to_string())?;
     let io = |e: std::io::Error| format!("log file {}: {e}", path.display());
+    let mut hold = path.as_os_str().to_owned();
+    hold.push(".hold");
+    if std::path::Path::new(&hold).exists() {
+        return Err(format!(
+            "held: {} exists",
+            std::path::Path::new(&hold).display()
+        ));
+    }
     if let Ok(file) = std::fs::File::open(path) {
         for line in std::io::BufReader::new(file).lines() {
             let line = line.map_err(io)?;

@@ -355,3 +355,228 @@ fn placeholder_id() -> UpdateId {
     // A constant that always parses; only its validity matters where it is used.
     UpdateId::parse("check").unwrap_or_else(|_| unreachable!("a constant id parses"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apps::counter::Counter;
+    use serde_json::json;
+    use sharing_map::MapName;
+
+    struct Fixture {
+        app: AppName,
+        ca: CaName,
+        counter: Counter,
+        limits: TurnLimits,
+        committed: Committed,
+        scratch: serde_json::Map<String, Value>,
+        seq: u64,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let ca = CaName::parse("alice-phone").expect("ca");
+            let map = |local: &str| {
+                SharingMap::new(MapName::parse(&format!("alice-phone-{local}")).expect("map"))
+            };
+            let committed = Committed {
+                state_map: map("castate"),
+                state: CaState::default(),
+                maps: [("counter", map("counter")), ("mirror", map("mirror"))]
+                    .into_iter()
+                    .map(|(k, m)| (k.to_string(), m))
+                    .collect(),
+            };
+            let mut limits = TurnLimits {
+                max_state_bytes: 1000,
+                ..TurnLimits::default()
+            };
+            limits.plugins.insert("log".into());
+            Self {
+                app: AppName::parse("demo-counter").expect("app"),
+                ca,
+                counter: Counter::new(Counter::default_version()),
+                limits,
+                committed,
+                scratch: serde_json::Map::new(),
+                seq: 0,
+            }
+        }
+
+        fn ids(&self) -> Ids<'_> {
+            Ids {
+                app: &self.app,
+                ca: &self.ca,
+            }
+        }
+
+        fn call(&mut self, w: &mut Working, calls: &[(&str, Value)]) -> Result<Value, CaError> {
+            let calls: Vec<Call> = calls
+                .iter()
+                .map(|(m, a)| Call {
+                    method: m.to_string(),
+                    args: a.as_array().cloned().unwrap_or_default(),
+                })
+                .collect();
+            let (app, ca) = (self.app.clone(), self.ca.clone());
+            w.run_calls(
+                &self.counter,
+                Ids { app: &app, ca: &ca },
+                &mut self.scratch,
+                &calls,
+                &self.limits,
+            )
+        }
+
+        /// Checkpoints what `w` holds and takes it as committed.
+        fn commit(&mut self, w: &mut Working) -> Option<Checkpoint> {
+            self.seq += 1;
+            let id = UpdateId::parse(&format!("u{}", self.seq)).expect("id");
+            let ids = Ids {
+                app: &self.app,
+                ca: &self.ca,
+            };
+            let cp = w
+                .prepare_checkpoint(ids, &self.committed, &id)
+                .expect("prepares")?;
+            self.committed = cp.next.clone();
+            Some(cp)
+        }
+    }
+
+    fn count(w: &Working) -> Value {
+        w.state.state.get("count").cloned().unwrap_or(Value::Null)
+    }
+
+    #[test]
+    fn a_failed_turn_leaves_state_maps_and_intents_as_they_were() {
+        let mut f = Fixture::new();
+        let mut w = Working::from_committed(&f.committed);
+        w.run_init(&f.counter, f.ids(), &mut f.scratch.clone(), &f.limits)
+            .expect("init");
+        assert_eq!(f.call(&mut w, &[("share", json!([2]))]), Ok(json!(2)));
+        let before = w.clone();
+        let e = f
+            .call(&mut w, &[("fail", json!(["no"]))])
+            .expect_err("fails");
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ca_client::ErrorCode::AppError, "no")
+        );
+        let e = f.call(&mut w, &[("panic", json!([]))]).expect_err("panics");
+        assert_eq!(e.code, ca_client::ErrorCode::Exception);
+        assert!(e.message.contains("panicked on purpose"), "{e}");
+        let e = f
+            .call(&mut w, &[("grow", json!([5000]))])
+            .expect_err("too big");
+        assert_eq!(e.code, ca_client::ErrorCode::Prepare);
+        let e = f.call(&mut w, &[("nope", json!([]))]).expect_err("unknown");
+        assert_eq!(e.code, ca_client::ErrorCode::Invalid);
+        assert_eq!(w.state, before.state);
+        assert!(w.new_intents.is_empty());
+        let cp = f.commit(&mut w).expect("a checkpoint");
+        // State map, then both maps with count 2: the failed turns wrote 3 and left no trace.
+        assert_eq!(cp.change_sets.len(), 3);
+        for cs in &cp.change_sets[1..] {
+            assert_eq!(cs.puts()[0].1.as_value(), Some(&json!(2)));
+        }
+    }
+
+    #[test]
+    fn a_multi_call_is_all_or_nothing_and_returns_the_last_result() {
+        let mut f = Fixture::new();
+        let mut w = Working::from_committed(&f.committed);
+        w.run_init(&f.counter, f.ids(), &mut f.scratch.clone(), &f.limits)
+            .expect("init");
+        let r = f.call(
+            &mut w,
+            &[
+                ("increment", json!([1])),
+                ("increment", json!([10])),
+                ("get", json!([])),
+            ],
+        );
+        assert_eq!(r, Ok(json!(11)));
+        let r = f.call(&mut w, &[("increment", json!([5])), ("fail", json!(["x"]))]);
+        assert!(r.is_err());
+        assert_eq!(count(&w), json!(11));
+    }
+
+    #[test]
+    fn turns_run_while_a_checkpoint_is_in_flight_join_the_next_one_with_keyed_intents() {
+        let mut f = Fixture::new();
+        let mut w = Working::from_committed(&f.committed);
+        w.run_init(&f.counter, f.ids(), &mut f.scratch.clone(), &f.limits)
+            .expect("init");
+        f.call(&mut w, &[("log", json!(["a"]))]).expect("log");
+        f.call(&mut w, &[("log", json!(["b"]))]).expect("log");
+        let first = f.commit(&mut w).expect("checkpoint");
+        let keys: Vec<_> = first.intents.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "demo-counter/alice-phone/1/0",
+                "demo-counter/alice-phone/1/1"
+            ]
+        );
+        assert_eq!(first.change_sets[0].version(), 0);
+        // Nothing new: no checkpoint.
+        assert!(f.commit(&mut w).is_none());
+        // Intents carried out are removed by a later checkpoint.
+        w.state.intents.clear();
+        f.call(&mut w, &[("increment", json!([]))]).expect("inc");
+        let second = f.commit(&mut w).expect("checkpoint");
+        assert_eq!(second.change_sets[0].version(), 1);
+        let removed: Vec<_> = second.change_sets[0]
+            .removes()
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert_eq!(
+            CaState::decode(&f.committed.state_map).expect("decodes"),
+            w.state
+        );
+        assert_eq!(count(&w), json!(3));
+    }
+
+    #[test]
+    fn upgrades_take_the_default_rule_or_the_apps_hook() {
+        let v = |s: &str| Version::parse(s).expect("version");
+        assert!(default_upgrade(&v("0.1.0"), &v("0.1.1")).is_ok());
+        assert!(default_upgrade(&v("1.2.0"), &v("1.9.0")).is_ok());
+        for (old, new) in [
+            ("0.1.0", "0.0.9"),
+            ("0.1.0", "0.2.0"),
+            ("1.2.0", "2.0.0"),
+            ("1.2.0", "1.1.0"),
+        ] {
+            let e = default_upgrade(&v(old), &v(new)).expect_err("refused");
+            assert_eq!(e.code, ca_client::ErrorCode::Version);
+            assert!(e.message.contains(old) && e.message.contains(new), "{e}");
+        }
+        let mut f = Fixture::new();
+        let mut w = Working::from_committed(&f.committed);
+        w.run_init(&f.counter, f.ids(), &mut f.scratch.clone(), &f.limits)
+            .expect("init");
+        f.commit(&mut w).expect("checkpoint");
+        for (code, expect) in [
+            ("0.1.1", None),
+            ("0.0.9", Some(ca_client::ErrorCode::Version)),
+        ] {
+            f.counter = Counter::new(v(code));
+            let mut w = Working::from_committed(&f.committed);
+            let r = w.run_resume(&f.counter, f.ids(), &mut f.scratch.clone(), &f.limits);
+            assert_eq!(r.err().map(|e| e.code), expect, "{code}");
+        }
+        f.counter = Counter::new(v("0.2.0"));
+        let mut w = Working::from_committed(&f.committed);
+        w.run_resume(&f.counter, f.ids(), &mut f.scratch.clone(), &f.limits)
+            .expect("the hook migrates");
+        assert_eq!(w.state.state.get("upgraded_from"), Some(&json!("0.1.0")));
+        assert_eq!(
+            w.state.meta.as_ref().map(|m| m.state_version.clone()),
+            Some(v("0.2.0"))
+        );
+    }
+}

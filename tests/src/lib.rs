@@ -53,6 +53,10 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
                 "spine-client",
                 "-p",
                 "node-agent",
+                "-p",
+                "ca-runtime",
+                "-p",
+                "ca-client",
                 "--bins",
             ]);
             if profile_dir.file_name().is_some_and(|n| n == "release") {
@@ -697,6 +701,7 @@ pub async fn get_map(
         .ok_or_else(|| anyhow::anyhow!("the answer for {map} holds no map"))
 }
 
+pub mod ca;
 pub mod reflection;
 
 /// Helpers to build requests.

@@ -2,7 +2,7 @@
 //!
 //! Methods:
 //! - `increment(n = 1)` → the new count;
-//! - `get()` → the count;
+//! - `get()` → the count; `state()` → the whole state object;
 //! - `share(n = 1)` → increments, and writes the new count to the CA's two Sharing Maps
 //!   (`<ca>-counter` and `<ca>-mirror`, key `count`), all in one transaction;
 //! - `log(text)` → increments, and records an intent for the `log` plugin (carried out after the
@@ -98,6 +98,7 @@ impl App for Counter {
                 Ok(json!(Self::add(cx, n.unwrap_or(1))))
             }
             "get" => Ok(cx.state.get("count").cloned().unwrap_or(json!(0))),
+            "state" => Ok(Value::Object(cx.state.clone())),
             "share" => {
                 let n: Option<i64> = arg(args, 0, "n")?;
                 let count = Self::add(cx, n.unwrap_or(1));

@@ -1,0 +1,543 @@
+//! The CA runtime end to end: real `spine serve` processes and real `ca-host` processes, killed
+//! with SIGKILL (issue 13's scenarios 1, 2, 3, 5, 7 and 8).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use authz_aggregate::{Constraints, RootKey, issue};
+use ca_client::{CaClient, CallError, ErrorCode};
+use serde_json::{Value, json};
+use sharing_map::{AppName, MapName};
+use spine_tests::ca::CaHost;
+use spine_tests::{Cluster, ClusterOpts, eventually};
+
+const APP: &str = "demo-counter";
+
+async fn cluster() -> anyhow::Result<Cluster> {
+    Cluster::start(3, ClusterOpts::default()).await
+}
+
+fn host_dir(cluster: &Cluster, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = cluster.credentials().dir.join("..").join(name);
+    Ok(dir)
+}
+
+async fn map(cluster: &Cluster, name: &str) -> anyhow::Result<sharing_map::SharingMap> {
+    let client = cluster.client()?;
+    Ok(client
+        .get_map(&AppName::parse(APP)?, &MapName::parse(name)?, false)
+        .await?)
+}
+
+/// Calls until an answer that is not a retryable error (a host restarting, a CA moving).
+async fn call_retrying(
+    client: &CaClient,
+    ca: &str,
+    method: &str,
+    args: Vec<Value>,
+) -> Result<ca_client::Reply, CallError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.call(APP, ca, method, args.clone()).await {
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn code(r: Result<ca_client::Reply, CallError>) -> Option<ErrorCode> {
+    r.err().and_then(|e| e.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_reply_is_committed_state_and_survives_a_host_kill() -> anyhow::Result<()> {
+    let cluster = cluster().await?;
+    let mut host = CaHost::start(&cluster, host_dir(&cluster, "host")?, vec![]).await?;
+    let token = cluster.token();
+    let client = host.client(&token).await?;
+    // 1,000 calls over 100 CAs, each CA's calls in order: every reply is the count the turn
+    // committed.
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let ca = format!("u{i:03}-phone");
+            for n in 1..=10 {
+                let reply = client.call(APP, &ca, "increment", vec![]).await?;
+                anyhow::ensure!(
+                    reply.result == json!(n),
+                    "{ca}: reply {reply:?} after {n} calls"
+                );
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let state = map(&cluster, "u007-phone-castate").await?;
+    assert_eq!(state.get_value("s.count"), Some(&json!(10)));
+
+    host.kill().await?;
+    host.restart().await?;
+    let client = host.client(&token).await?;
+    for i in 0..100 {
+        let reply = client
+            .call(APP, &format!("u{i:03}-phone"), "get", vec![])
+            .await?;
+        assert_eq!(reply.result, json!(10), "u{i:03}-phone after the kill");
+    }
+
+    // Under load: kill the host while every CA has a call in flight. A call that got no answer
+    // may or may not have committed (at most one per CA, each CA's calls being sequential), so
+    // each count is its last acknowledged reply or one more.
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let ca = format!("u{i:03}-phone");
+            let mut last = 10;
+            loop {
+                match client.call(APP, &ca, "increment", vec![]).await {
+                    Ok(r) => {
+                        let v = r.result.as_i64().unwrap_or(-1);
+                        anyhow::ensure!(v == last + 1, "{ca}: {v} after {last}");
+                        last = v;
+                    }
+                    Err(_) => return anyhow::Ok((ca, last)),
+                }
+            }
+        }));
+    }
+    eventually(
+        "calls to commit before the kill",
+        Duration::from_secs(30),
+        || {
+            let cluster = &cluster;
+            async move {
+                let m = map(cluster, "u000-phone-castate").await.ok()?;
+                (m.get_value("s.count")?.as_i64()? > 15).then_some(())
+            }
+        },
+    )
+    .await?;
+    host.kill().await?;
+    let mut acked = BTreeMap::new();
+    for t in tasks {
+        let (ca, last) = t.await??;
+        acked.insert(ca, last);
+    }
+    host.restart().await?;
+    let client = host.client(&token).await?;
+    for (ca, last) in acked {
+        let now = call_retrying(&client, &ca, "get", vec![]).await?;
+        let now = now.result.as_i64().unwrap_or(-1);
+        assert!(
+            now == last || now == last + 1,
+            "{ca}: count {now}, last acknowledged {last}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_turn_leaves_no_trace_in_state_maps_or_intents() -> anyhow::Result<()> {
+    let cluster = cluster().await?;
+    let host = CaHost::start(&cluster, host_dir(&cluster, "host")?, vec![]).await?;
+    let client = host.client(&cluster.token()).await?;
+    let ca = "alice-phone";
+    assert_eq!(
+        client.call(APP, ca, "share", vec![json!(5)]).await?.result,
+        json!(5)
+    );
+    let before: Vec<_> = {
+        let mut v = Vec::new();
+        for m in [
+            "alice-phone-castate",
+            "alice-phone-counter",
+            "alice-phone-mirror",
+        ] {
+            v.push(map(&cluster, m).await?.version());
+        }
+        v
+    };
+    let e = client
+        .call(APP, ca, "fail", vec![json!("out of stock")])
+        .await;
+    let e = e.expect_err("an app error");
+    assert_eq!(e.code(), Some(ErrorCode::AppError));
+    assert!(e.to_string().ends_with("out of stock"), "{e}");
+    let e = client
+        .call(APP, ca, "panic", vec![])
+        .await
+        .expect_err("a panic");
+    assert_eq!(e.code(), Some(ErrorCode::Exception));
+    // The CA goes on, its state as before the failed turns.
+    assert_eq!(client.call(APP, ca, "get", vec![]).await?.result, json!(5));
+    let mut after = Vec::new();
+    for m in [
+        "alice-phone-castate",
+        "alice-phone-counter",
+        "alice-phone-mirror",
+    ] {
+        let got = map(&cluster, m).await?;
+        if m != "alice-phone-castate" {
+            assert_eq!(got.get_value("count"), Some(&json!(5)), "{m}");
+        }
+        after.push(got.version());
+    }
+    assert_eq!(before, after, "a failed turn changed a map's version");
+    assert!(host.intent_lines().is_empty(), "{:?}", host.intent_lines());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intents_run_only_after_their_checkpoint_and_once_across_kills() -> anyhow::Result<()> {
+    let mut cluster = cluster().await?;
+    let mut host = CaHost::start(&cluster, host_dir(&cluster, "host")?, vec![]).await?;
+    let token = cluster.token();
+    let client = host.client(&token).await?;
+    let ca = "bob-phone";
+    client.call(APP, ca, "increment", vec![]).await?;
+
+    // The output gate: with no quorum the checkpoint cannot commit, so neither the reply nor the
+    // intent may escape.
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let others: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    for id in &others {
+        cluster.kill(*id).await?;
+    }
+    let pending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call(APP, ca, "log", vec![json!("gated")]).await })
+    };
+    // Nothing may appear while the Spine cannot commit (a window, not a synchronization).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !pending.is_finished(),
+        "a reply escaped before its checkpoint committed"
+    );
+    assert!(
+        host.intent_lines().is_empty(),
+        "an intent ran before its checkpoint committed"
+    );
+    for id in &others {
+        cluster.restart(*id).await?;
+    }
+    let reply = pending.await??;
+    assert_eq!(reply.result, json!(2));
+    let key = format!("{APP}/{ca}/{}/0", reply.version);
+    eventually("the intent to run", Duration::from_secs(10), || {
+        let lines = host.intent_lines();
+        let key = key.clone();
+        async move {
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("{key}\t")))
+                .then_some(())
+        }
+    })
+    .await?;
+
+    // Kill between checkpoint and intent: the plugin is held, so the intent stays pending.
+    std::fs::write(host.intent_log().with_extension("log.hold"), b"")?;
+    let reply = client.call(APP, ca, "log", vec![json!("redo")]).await?;
+    let key = format!("{APP}/{ca}/{}/0", reply.version);
+    let state = map(&cluster, "bob-phone-castate").await?;
+    assert!(
+        state.get_value(&format!("i.{key}")).is_some(),
+        "the intent is in the checkpoint"
+    );
+    host.kill().await?;
+    std::fs::remove_file(host.intent_log().with_extension("log.hold"))?;
+    host.restart().await?;
+    let client = host.client(&token).await?;
+    // Activation redoes it before taking the call.
+    client.call(APP, ca, "get", vec![]).await?;
+    eventually(
+        "the pending intent to be redone",
+        Duration::from_secs(10),
+        || {
+            let lines = host.intent_lines();
+            let key = key.clone();
+            async move {
+                lines
+                    .iter()
+                    .any(|l| l.starts_with(&format!("{key}\t")))
+                    .then_some(())
+            }
+        },
+    )
+    .await?;
+    // Kill right after it ran, before a checkpoint removes it: the next activation redoes it
+    // again, and the key keeps it from being applied twice.
+    host.kill().await?;
+    host.restart().await?;
+    let client = host.client(&token).await?;
+    client.call(APP, ca, "increment", vec![]).await?;
+    eventually(
+        "the redone intent to be removed",
+        Duration::from_secs(10),
+        || {
+            let cluster = &cluster;
+            let key = key.clone();
+            async move {
+                let state = map(cluster, "bob-phone-castate").await.ok()?;
+                state.get_value(&format!("i.{key}")).is_none().then_some(())
+            }
+        },
+    )
+    .await?;
+    let lines = host.intent_lines();
+    let keys: Vec<&str> = lines.iter().filter_map(|l| l.split('\t').next()).collect();
+    let unique: BTreeSet<&str> = keys.iter().copied().collect();
+    assert_eq!(keys.len(), 2, "{lines:?}");
+    assert_eq!(unique.len(), keys.len(), "an intent ran twice: {lines:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hosts_activating_one_ca_never_both_commit_a_version() -> anyhow::Result<()> {
+    let cluster = cluster().await?;
+    let a = CaHost::start(&cluster, host_dir(&cluster, "a")?, vec![]).await?;
+    let b = CaHost::start(&cluster, host_dir(&cluster, "b")?, vec![]).await?;
+    let token = cluster.token();
+    let ca = "carol-phone";
+    let mut tasks = Vec::new();
+    for (i, host) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let client = host.client(&token).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut moved = 0;
+            for _ in 0..40 {
+                match client
+                    .call(APP, ca, "log", vec![json!(format!("w{i}"))])
+                    .await
+                {
+                    Ok(r) => acked.push(r.result.as_i64().unwrap_or(-1)),
+                    Err(e) if e.code() == Some(ErrorCode::Moved) => moved += 1,
+                    Err(e) => anyhow::bail!("writer {i}: {e}"),
+                }
+            }
+            anyhow::Ok((acked, moved))
+        }));
+    }
+    let mut acked = Vec::new();
+    let mut moved = 0;
+    for t in tasks {
+        let (a, m) = t.await??;
+        acked.extend(a);
+        moved += m;
+    }
+    assert!(
+        moved > 0,
+        "the two activations never met: the test proves nothing"
+    );
+    let unique: BTreeSet<i64> = acked.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        acked.len(),
+        "two activations acknowledged one count"
+    );
+    // Every committed turn was acknowledged (conflicts never land), and no other turn counted.
+    let state = map(&cluster, "carol-phone-castate").await?;
+    assert_eq!(state.get_value("s.count"), Some(&json!(acked.len())));
+    // No intent of a losing turn escaped: every logged count was acknowledged.
+    eventually("the intents to run", Duration::from_secs(10), || {
+        let n = a.intent_lines().len() + b.intent_lines().len();
+        let want = acked.len();
+        async move { (n >= want).then_some(()) }
+    })
+    .await?;
+    for line in a.intent_lines().into_iter().chain(b.intent_lines()) {
+        let payload: Value = serde_json::from_str(line.split('\t').nth(1).unwrap_or("null"))?;
+        let count = payload["count"].as_i64().unwrap_or(-1);
+        assert!(
+            unique.contains(&count),
+            "intent of an unacknowledged turn ran: {line}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_versions_upgrade_compatibly_refuse_downgrades_and_run_the_hook() -> anyhow::Result<()>
+{
+    let cluster = cluster().await?;
+    let mut host = CaHost::start(&cluster, host_dir(&cluster, "host")?, vec![]).await?;
+    let token = cluster.token();
+    let ca = "dave-phone";
+    host.client(&token)
+        .await?
+        .call(APP, ca, "increment", vec![])
+        .await?;
+    let meta = |m: &sharing_map::SharingMap| m.get_value("m").map(|v| v["state_version"].clone());
+    assert_eq!(
+        meta(&map(&cluster, "dave-phone-castate").await?),
+        Some(json!("0.1.0"))
+    );
+
+    let version = |v: &str| vec!["--state-version".to_string(), format!("{APP}={v}")];
+    host.set_args(version("0.1.1"));
+    host.restart().await?;
+    let reply = host
+        .client(&token)
+        .await?
+        .call(APP, ca, "get", vec![])
+        .await?;
+    assert_eq!(reply.result, json!(1));
+    assert_eq!(
+        meta(&map(&cluster, "dave-phone-castate").await?),
+        Some(json!("0.1.1"))
+    );
+
+    host.set_args(version("0.0.9"));
+    host.restart().await?;
+    let e = host
+        .client(&token)
+        .await?
+        .call(APP, ca, "get", vec![])
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), Some(ErrorCode::Version), "{e}");
+    assert!(
+        e.to_string().contains("0.1.1") && e.to_string().contains("0.0.9"),
+        "{e}"
+    );
+    assert_eq!(
+        meta(&map(&cluster, "dave-phone-castate").await?),
+        Some(json!("0.1.1"))
+    );
+
+    host.set_args(version("0.2.0"));
+    host.restart().await?;
+    let state = host
+        .client(&token)
+        .await?
+        .call(APP, ca, "state", vec![])
+        .await?;
+    assert_eq!(state.result, json!({"count": 1, "upgraded_from": "0.1.1"}));
+    assert_eq!(
+        meta(&map(&cluster, "dave-phone-castate").await?),
+        Some(json!("0.2.0"))
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() -> anyhow::Result<()> {
+    let cluster = cluster().await?;
+    let host = CaHost::start(&cluster, host_dir(&cluster, "host")?, vec![]).await?;
+    let client = host.client(&cluster.token()).await?;
+    let ca = "erin-phone";
+    client.call(APP, ca, "increment", vec![json!(3)]).await?;
+    let version = map(&cluster, "erin-phone-castate").await?.version();
+
+    let invalid = [
+        (
+            client.call(APP, "Erin", "get", vec![]).await,
+            "invalid CA name",
+        ),
+        (
+            client.call("nodash", ca, "get", vec![]).await,
+            "invalid app name",
+        ),
+        (
+            client.call(APP, ca, "nope", vec![]).await,
+            "no method \"nope\"",
+        ),
+        (
+            client.call(APP, ca, "__ca_init__", vec![]).await,
+            "system method",
+        ),
+        (
+            client.call(APP, ca, "increment", vec![json!("x")]).await,
+            "argument 1 (n)",
+        ),
+        (
+            client
+                .call(APP, ca, "increment", vec![json!("y".repeat(300 * 1024))])
+                .await,
+            "at most 262144 are allowed",
+        ),
+    ];
+    for (answer, says) in invalid {
+        let e = answer.expect_err("refused");
+        assert_eq!(e.code(), Some(ErrorCode::Invalid), "{e}");
+        assert!(e.to_string().contains(says), "{e} should say {says}");
+    }
+    let e = client
+        .call("demo-other", ca, "get", vec![])
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    let e = client
+        .call(APP, ca, "grow", vec![json!(2 << 20)])
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), Some(ErrorCode::Prepare), "{e}");
+    assert!(e.is_retryable());
+
+    // Tokens: none, one for another CA, one for this CA.
+    let root = RootKey::from_private_hex(
+        std::fs::read_to_string(cluster.credentials().root_key())?.trim(),
+    )?;
+    let app = AppName::parse(APP)?;
+    let erin = issue(
+        &root,
+        &Constraints::any()
+            .app(&app)
+            .ca(&sharing_map::CaName::parse(ca)?),
+    )?;
+    let frank = issue(
+        &root,
+        &Constraints::any()
+            .app(&app)
+            .ca(&sharing_map::CaName::parse("frank-phone")?),
+    )?;
+    let anonymous = CaClient::connect(&host.endpoint(), None).await?;
+    assert_eq!(
+        code(anonymous.call(APP, ca, "get", vec![]).await),
+        Some(ErrorCode::NotAuthorized)
+    );
+    let as_frank = host.client(&frank.to_base64()).await?;
+    assert_eq!(
+        code(as_frank.call(APP, ca, "increment", vec![]).await),
+        Some(ErrorCode::NotAuthorized)
+    );
+    let as_erin = host.client(&erin.to_base64()).await?;
+    assert_eq!(as_erin.call(APP, ca, "get", vec![]).await?.result, json!(3));
+    assert_eq!(
+        map(&cluster, "erin-phone-castate").await?.version(),
+        version
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_call_is_one_transaction() -> anyhow::Result<()> {
+    let cluster = cluster().await?;
+    let host = CaHost::start(&cluster, host_dir(&cluster, "host")?, vec![]).await?;
+    let client = host.client(&cluster.token()).await?;
+    let ca = "gina-phone";
+    let calls = |second: &str| {
+        vec![
+            ca_client::MethodCall::new("increment", vec![json!(2)]),
+            ca_client::MethodCall::new(second, vec![json!("stop")]),
+        ]
+    };
+    let e = client
+        .multi_call(APP, ca, calls("fail"))
+        .await
+        .expect_err("all or nothing");
+    assert_eq!(e.code(), Some(ErrorCode::AppError));
+    let r = client.multi_call(APP, ca, calls("log")).await?;
+    assert_eq!(r.result, json!(3), "the last result, after both calls");
+    Ok(())
+}
