@@ -15,6 +15,7 @@ use crate::activation::{Activation, Envelope, Reply};
 use crate::app::App;
 use crate::committer::{Committer, CommitterConfig};
 use crate::metrics::Metrics;
+use crate::placement::{Placement, Route};
 use crate::plugins::Plugins;
 use crate::turn::{Call, TurnLimits};
 
@@ -63,6 +64,7 @@ pub(crate) struct HostInner {
     pub(crate) committer: Committer,
     pub(crate) plugins: Plugins,
     pub(crate) metrics: Arc<Metrics>,
+    placement: Option<Arc<Placement>>,
     apps: BTreeMap<AppName, Arc<dyn App>>,
     slots: Mutex<HashMap<(AppName, CaName), Slot>>,
     generations: AtomicU64,
@@ -84,12 +86,14 @@ impl std::fmt::Debug for Host {
 }
 
 impl Host {
-    /// A host serving `apps`, checkpointing through `client`. Starts its committer on the
-    /// current tokio runtime.
+    /// A host serving `apps`, checkpointing through `client`, placing CAs with `placement` (or
+    /// serving every CA here without leases if `None`). Starts its committer and lease renewal
+    /// on the current tokio runtime.
     pub fn new(
         client: Client,
         apps: Vec<(AppName, Arc<dyn App>)>,
         plugins: Plugins,
+        placement: Option<Arc<Placement>>,
         mut config: HostConfig,
     ) -> Self {
         let metrics = Arc::new(Metrics::new());
@@ -99,17 +103,35 @@ impl Host {
                 config.limits.plugins.insert(name.to_string());
             }
         }
-        Self {
-            inner: Arc::new(HostInner {
-                config,
-                client,
-                committer,
-                plugins,
-                metrics,
-                apps: apps.into_iter().collect(),
-                slots: Mutex::new(HashMap::new()),
-                generations: AtomicU64::new(0),
-            }),
+        let inner = Arc::new(HostInner {
+            config,
+            client,
+            committer,
+            plugins,
+            metrics,
+            placement,
+            apps: apps.into_iter().collect(),
+            slots: Mutex::new(HashMap::new()),
+            generations: AtomicU64::new(0),
+        });
+        if let Some(placement) = inner.placement.clone() {
+            tokio::spawn(renew_leases(Arc::downgrade(&inner), placement));
+        }
+        Self { inner }
+    }
+
+    /// Where calls of a CA go: here, or the host holding its partition.
+    pub async fn route(&self, app: &AppName, ca: &CaName) -> Result<Route, CaError> {
+        match &self.inner.placement {
+            Some(p) => p.route(app, ca).await,
+            None => Ok(Route::Local),
+        }
+    }
+
+    /// Forgets who holds a CA's partition (its holder did not answer).
+    pub fn forget_route(&self, app: &AppName, ca: &CaName) {
+        if let Some(p) = &self.inner.placement {
+            p.forget(p.partition(app, ca));
         }
     }
 
@@ -260,10 +282,10 @@ impl HostInner {
         let code = self.apps.get(app)?.clone();
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let key = (app.clone(), ca.clone());
-        if let Some(slot) = slots.get(&key) {
-            if !slot.tx.is_closed() {
-                return Some(slot.tx.clone());
-            }
+        if let Some(slot) = slots.get(&key)
+            && !slot.tx.is_closed()
+        {
+            return Some(slot.tx.clone());
         }
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.config.mailbox.max(1));
@@ -286,12 +308,38 @@ impl HostInner {
         Some(tx)
     }
 
+    /// Ends the activations of partition `p` (the lease was lost): their queues close.
+    fn evict_partition(&self, placement: &Placement, p: u32) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let before = slots.len();
+        slots.retain(|(app, ca), _| placement.partition(app, ca) != p);
+        tracing::warn!(
+            partition = p,
+            ended = before - slots.len(),
+            "lost the partition's lease"
+        );
+    }
+
     /// An activation that ends leaves its slot (unless a newer one took it).
     pub(crate) fn remove_slot(&self, app: &AppName, ca: &CaName, generation: u64) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let key = (app.clone(), ca.clone());
         if slots.get(&key).is_some_and(|s| s.generation == generation) {
             slots.remove(&key);
+        }
+    }
+}
+
+/// Renews this host's leases a few times per lease period; ends the activations of partitions
+/// it lost. Stops with the host.
+async fn renew_leases(host: std::sync::Weak<HostInner>, placement: Arc<Placement>) {
+    let period = placement.config().lease / 4;
+    loop {
+        tokio::time::sleep(period).await;
+        let lost = placement.renew().await;
+        let Some(host) = host.upgrade() else { return };
+        for p in lost {
+            host.evict_partition(&placement, p);
         }
     }
 }

@@ -8,7 +8,8 @@
 //! - [`app`]: the app API in Rust (the [`App`] trait and the [`Cx`] its methods get).
 //! - [`activation`]: one active CA, the async shell: load, first turn, messages, the output gate.
 //! - [`committer`]: group commit of many CAs' checkpoints through `UpdateBatch`.
-//! - [`host`]: routing calls to activations; [`service`]: the `ca.v1` gRPC endpoint.
+//! - [`host`]: routing calls to activations; [`placement`]: which host serves a CA (partition
+//!   leases in the Spine); [`service`]: the `ca.v1` gRPC endpoint, forwarding to the holder.
 //! - [`plugins`]: plugins that carry out intents after commit (`log`).
 //! - [`apps`]: example apps (`counter`).
 
@@ -20,6 +21,7 @@ pub mod committer;
 pub mod error;
 pub mod host;
 pub mod metrics;
+pub mod placement;
 pub mod plugins;
 pub mod service;
 pub mod turn;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use authz_aggregate::{RootPublicKey, Verifier};
 use ca_runtime::apps::counter::Counter;
+use ca_runtime::placement::{Placement, PlacementConfig};
 use ca_runtime::plugins::{LogPlugin, Plugins};
 use ca_runtime::service::CaService;
 use ca_runtime::{App, Host, HostConfig};
@@ -68,6 +69,23 @@ struct ServeArgs {
     /// Largest state of one CA, in bytes of compact JSON.
     #[arg(long, env = "CA_MAX_STATE_BYTES", default_value_t = 1024 * 1024)]
     max_state_bytes: usize,
+    /// Serve every CA called here, without partition leases: for a single host (two such hosts
+    /// on one Spine would take turns failing each other's checkpoints; nothing wrong would
+    /// commit, but callers would see `moved` errors).
+    #[arg(long, env = "CA_NO_PLACEMENT")]
+    no_placement: bool,
+    /// This host's id among hosts (default: its --advertise address).
+    #[arg(long, env = "CA_HOST_ID")]
+    host_id: Option<String>,
+    /// Where other hosts reach this one (default: --listen).
+    #[arg(long, env = "CA_ADVERTISE")]
+    advertise: Option<String>,
+    /// Partitions CAs hash onto; the same on every host of a deployment.
+    #[arg(long, env = "CA_PARTITIONS", default_value_t = 64)]
+    partitions: u32,
+    /// How long a partition lease lasts: a dead host's CAs answer from another host within it.
+    #[arg(long, env = "CA_LEASE_MS", default_value_t = 10_000)]
+    lease_ms: u64,
     /// Declare another state version for an app's code (`demo-counter=0.2.0`), e.g. to try
     /// upgrades: CAs checkpointed by another version upgrade at their next message, or refuse.
     #[arg(long, value_name = "APP=VERSION")]
@@ -138,7 +156,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..HostConfig::default()
     };
     config.limits.max_state_bytes = args.max_state_bytes;
-    let host = Host::new(client, apps, plugins, config);
+    let placement = if args.no_placement {
+        None
+    } else {
+        let addr = args
+            .advertise
+            .clone()
+            .unwrap_or_else(|| args.listen.to_string());
+        if args.partitions == 0 {
+            bail!("--partitions must be at least 1");
+        }
+        Some(Placement::new(
+            client.clone(),
+            PlacementConfig {
+                host_id: args.host_id.clone().unwrap_or_else(|| addr.clone()),
+                addr,
+                partitions: args.partitions,
+                lease: Duration::from_millis(args.lease_ms.max(100)),
+            },
+        )?)
+    };
+    let host = Host::new(client, apps, plugins, placement, config);
     if let Some(addr) = args.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -2,7 +2,7 @@
 //! recorded for it, at least once, with its idempotency key; it makes a repeat harmless.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -44,8 +44,8 @@ impl Plugins {
 /// before writing, so a redo after a crash finds the line and writes nothing). Each line is
 /// written and fsync'd before the intent counts as done. While a file named like the log with
 /// `.hold` appended exists, the plugin refuses every intent (as an unavailable service would), so
-/// intents stay pending and are retried. Meant for tests and demos: each intent
-/// reads the whole file.
+/// intents stay pending and are retried. Meant for tests and demos (each intent
+/// reads the whole file); hosts may share one file, as they would share one external service.
 #[derive(Debug)]
 pub struct LogPlugin {
     path: PathBuf,
@@ -77,11 +77,6 @@ impl IntentPlugin for LogPlugin {
 }
 
 fn append_once(path: &std::path::Path, intent: &Intent) -> Result<(), String> {
-    // Keeps check-then-append of concurrent intents apart (one host process writes the file).
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK
-        .lock()
-        .map_err(|_| "log plugin lock poisoned".to_string())?;
     let io = |e: std::io::Error| format!("log file {}: {e}", path.display());
     let mut hold = path.as_os_str().to_owned();
     hold.push(".hold");
@@ -91,19 +86,22 @@ fn append_once(path: &std::path::Path, intent: &Intent) -> Result<(), String> {
             std::path::Path::new(&hold).display()
         ));
     }
-    if let Ok(file) = std::fs::File::open(path) {
-        for line in std::io::BufReader::new(file).lines() {
-            let line = line.map_err(io)?;
-            if line.split('\t').next() == Some(intent.key.as_str()) {
-                return Ok(());
-            }
-        }
-    }
     let mut file = std::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)
         .map_err(io)?;
+    // An exclusive lock keeps check-then-append atomic, also between hosts sharing the file.
+    file.lock().map_err(io)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(io)?;
+    if text
+        .lines()
+        .any(|line| line.split('\t').next() == Some(intent.key.as_str()))
+    {
+        return Ok(());
+    }
     writeln!(file, "{}\t{}", intent.key, intent.payload).map_err(io)?;
     file.sync_data().map_err(io)
 }

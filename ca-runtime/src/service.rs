@@ -9,22 +9,74 @@ use tonic::{Request, Response, Status};
 
 use crate::CaError;
 use crate::host::{Host, parse_names};
+use crate::placement::Route;
 
 /// The metadata key tokens travel in.
 pub const TOKEN_KEY: &str = "authorization";
+/// The metadata key marking a call one host forwarded to another (never forwarded again).
+pub const FORWARDED_KEY: &str = "ca-forwarded";
 
 /// Serves `ca.v1` for a host.
 #[derive(Clone, Debug)]
 pub struct CaService {
     host: Host,
     verifier: Option<Arc<Verifier>>,
+    peers: Arc<std::sync::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>>,
 }
 
 impl CaService {
     /// A service for `host`; with a verifier every call must present a token admitting the app
     /// and the CA it calls; without one (`--no-auth`), every call is allowed.
     pub fn new(host: Host, verifier: Option<Arc<Verifier>>) -> Self {
-        Self { host, verifier }
+        Self {
+            host,
+            verifier,
+            peers: Arc::default(),
+        }
+    }
+
+    fn peer(&self, addr: &str) -> Result<tonic::transport::Channel, CaError> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = peers.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| CaError::exception(format!("the holder's address {addr:?}: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .connect_lazy();
+        peers.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Sends a call on to the host holding the CA's partition.
+    async fn forward(
+        &self,
+        addr: &str,
+        metadata: &tonic::metadata::MetadataMap,
+        request: pb::CallRequest,
+    ) -> Result<pb::CallResponse, Status> {
+        let mut forwarded = Request::new(request);
+        if let Some(token) = metadata.get(TOKEN_KEY) {
+            forwarded.metadata_mut().insert(TOKEN_KEY, token.clone());
+        }
+        forwarded.metadata_mut().insert(
+            FORWARDED_KEY,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        let channel = self.peer(addr).map_err(|e| e.to_status())?;
+        let mut client = pb::ca_client::CaClient::new(channel);
+        match client.call(forwarded).await {
+            Ok(answer) => Ok(answer.into_inner()),
+            // The holder answered: its answer, CA error code and all, is the caller's.
+            Err(status) if status.metadata().get(ca_client::ERROR_CODE_KEY).is_some() => {
+                Err(status)
+            }
+            Err(status) => Err(CaError::moved(format!(
+                "the host {addr} holding this CA's partition did not answer ({}); call again",
+                status.message()
+            ))
+            .to_status()),
+        }
     }
 
     /// The tonic server of this service.
@@ -78,6 +130,27 @@ impl pb::ca_server::Ca for CaService {
         let (app, ca) = parse_names(&request.app, &request.ca).map_err(|e| e.to_status())?;
         self.authorize(&metadata, &app, &ca)
             .map_err(|e| e.to_status())?;
+        match self
+            .host
+            .route(&app, &ca)
+            .await
+            .map_err(|e| e.to_status())?
+        {
+            Route::Local => {}
+            Route::Remote(addr) if metadata.get(FORWARDED_KEY).is_some() => {
+                return Err(CaError::moved(format!(
+                    "CA {ca} is served by {addr}, not by the host it was forwarded to; call again"
+                ))
+                .to_status());
+            }
+            Route::Remote(addr) => {
+                let answer = self.forward(&addr, &metadata, request).await;
+                if answer.is_err() {
+                    self.host.forget_route(&app, &ca);
+                }
+                return answer.map(Response::new);
+            }
+        }
         let calls = request
             .calls
             .into_iter()

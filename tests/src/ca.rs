@@ -18,6 +18,7 @@ pub struct CaHost {
     token_file: PathBuf,
     root_pub: PathBuf,
     extra: Vec<String>,
+    intent_log: PathBuf,
     child: Option<Child>,
 }
 
@@ -29,6 +30,18 @@ impl CaHost {
         dir: PathBuf,
         extra: Vec<String>,
     ) -> anyhow::Result<Self> {
+        let log = dir.join("intents.log");
+        Self::start_with_log(cluster, dir, extra, log).await
+    }
+
+    /// Like [`start`](Self::start), with the `log` plugin writing to `intent_log` (hosts may
+    /// share one, as they would share one external service).
+    pub async fn start_with_log(
+        cluster: &Cluster,
+        dir: PathBuf,
+        extra: Vec<String>,
+        intent_log: PathBuf,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir)?;
         let creds = cluster.credentials();
         let mut host = Self {
@@ -38,6 +51,7 @@ impl CaHost {
             token_file: creds.admin_token_file(),
             root_pub: creds.root_pub(),
             extra,
+            intent_log,
             child: None,
         };
         host.restart().await?;
@@ -51,7 +65,7 @@ impl CaHost {
 
     /// The file the host's `log` plugin writes.
     pub fn intent_log(&self) -> PathBuf {
-        self.dir.join("intents.log")
+        self.intent_log.clone()
     }
 
     /// The lines of the intent log (none if it does not exist yet).

@@ -2,6 +2,7 @@
 //! with SIGKILL (issue 13's scenarios 1, 2, 3, 5, 7 and 8).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use authz_aggregate::{Constraints, RootKey, issue};
@@ -305,8 +306,11 @@ async fn intents_run_only_after_their_checkpoint_and_once_across_kills() -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hosts_activating_one_ca_never_both_commit_a_version() -> anyhow::Result<()> {
     let cluster = cluster().await?;
-    let a = CaHost::start(&cluster, host_dir(&cluster, "a")?, vec![]).await?;
-    let b = CaHost::start(&cluster, host_dir(&cluster, "b")?, vec![]).await?;
+    // Without placement both hosts serve the CA, as a host cut off from the leases that still
+    // believes it holds the CA's partition would.
+    let unplaced = || vec!["--no-placement".to_string()];
+    let a = CaHost::start(&cluster, host_dir(&cluster, "a")?, unplaced()).await?;
+    let b = CaHost::start(&cluster, host_dir(&cluster, "b")?, unplaced()).await?;
     let token = cluster.token();
     let ca = "carol-phone";
     let mut tasks = Vec::new();
@@ -363,6 +367,103 @@ async fn two_hosts_activating_one_ca_never_both_commit_a_version() -> anyhow::Re
             "intent of an unacknowledged turn ran: {line}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_hosts_cas_answer_from_another_within_the_lease() -> anyhow::Result<()> {
+    let cluster = cluster().await?;
+    let lease = Duration::from_secs(2);
+    let args = || vec!["--lease-ms".to_string(), lease.as_millis().to_string()];
+    // One external service (the intent log) for both hosts.
+    let log = host_dir(&cluster, "service.log")?;
+    let mut a =
+        CaHost::start_with_log(&cluster, host_dir(&cluster, "a")?, args(), log.clone()).await?;
+    let b = CaHost::start_with_log(&cluster, host_dir(&cluster, "b")?, args(), log).await?;
+    let token = cluster.token();
+    let cas: Vec<String> = (0..20).map(|i| format!("h{i:03}-phone")).collect();
+    // Host a takes every partition first: these calls activate the CAs there.
+    let via_a = a.client(&token).await?;
+    for ca in &cas {
+        via_a.call(APP, ca, "increment", vec![]).await?;
+    }
+    // Under load through host b, which forwards to a until a dies.
+    let via_b = b.client(&token).await?;
+    let killed_at = Arc::new(std::sync::Mutex::new(None::<tokio::time::Instant>));
+    let mut tasks = Vec::new();
+    for ca in cas.clone() {
+        let client = via_b.clone();
+        let killed_at = killed_at.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked: Vec<(i64, u64)> = Vec::new();
+            let mut longest_gap = Duration::ZERO;
+            let stop = tokio::time::Instant::now() + Duration::from_secs(12);
+            while tokio::time::Instant::now() < stop {
+                let started = tokio::time::Instant::now();
+                let reply = call_retrying(&client, &ca, "log", vec![json!("x")]).await?;
+                if let Some(k) = *killed_at.lock().unwrap_or_else(|p| p.into_inner()) {
+                    if started <= k {
+                        longest_gap = longest_gap.max(k.elapsed());
+                    }
+                }
+                let count = reply.result.as_i64().unwrap_or(-1);
+                if let Some((last, _)) = acked.last() {
+                    anyhow::ensure!(count > *last, "{ca}: {count} after {last}");
+                }
+                acked.push((count, reply.version));
+            }
+            anyhow::Ok((ca, acked, longest_gap))
+        }));
+    }
+    eventually("calls through b", Duration::from_secs(10), || {
+        let m = map(&cluster, "h000-phone-castate");
+        async move { (m.await.ok()?.get_value("s.count")?.as_i64()? > 5).then_some(()) }
+    })
+    .await?;
+    a.kill().await?;
+    *killed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+    let mut keys = BTreeSet::new();
+    for t in tasks {
+        let (ca, acked, gap) = t.await??;
+        assert!(
+            gap < lease + Duration::from_secs(3),
+            "{ca} answered {gap:?} after its host died (lease {lease:?})"
+        );
+        let state = map(&cluster, &format!("{ca}-castate")).await?;
+        let count = state
+            .get_value("s.count")
+            .and_then(Value::as_i64)
+            .unwrap_or(-1);
+        let last = acked.last().map(|(c, _)| *c).unwrap_or(0);
+        assert!(
+            count >= last,
+            "{ca}: committed {count} < acknowledged {last}"
+        );
+        for (_, version) in acked {
+            keys.insert(format!("{APP}/{ca}/{version}/0"));
+        }
+    }
+    // Every acknowledged turn's intent ran, pending ones redone by b, none twice.
+    eventually(
+        "every acknowledged intent to run",
+        Duration::from_secs(20),
+        || {
+            let lines = b.intent_lines();
+            let keys = &keys;
+            async move {
+                let logged: BTreeSet<&str> =
+                    lines.iter().filter_map(|l| l.split('\t').next()).collect();
+                keys.iter()
+                    .all(|k| logged.contains(k.as_str()))
+                    .then_some(())
+            }
+        },
+    )
+    .await?;
+    let lines = b.intent_lines();
+    let logged: Vec<&str> = lines.iter().filter_map(|l| l.split('\t').next()).collect();
+    let unique: BTreeSet<&str> = logged.iter().copied().collect();
+    assert_eq!(unique.len(), logged.len(), "an intent ran twice");
     Ok(())
 }
 
