@@ -353,6 +353,10 @@ impl Activation {
             return Err(e);
         }
         let version = flight.checkpoint.next.state_map.version();
+        for p in &self.host.config.limits.turn_plugins {
+            let state = flight.checkpoint.next.state.plugins.get(p.name());
+            p.committed(state.unwrap_or(&Value::Null));
+        }
         for w in flight.waiters {
             self.release(w, version);
         }

@@ -89,6 +89,7 @@ pub struct Cx<'a> {
     pub scratch: &'a mut serde_json::Map<String, Value>,
     pub(crate) maps: &'a mut BTreeMap<String, Transaction>,
     pub(crate) intents: &'a mut Vec<NewIntent>,
+    pub(crate) plugins: &'a mut BTreeMap<String, Value>,
 }
 
 impl Cx<'_> {
@@ -111,6 +112,12 @@ impl Cx<'_> {
                 "map {ca}-{local} is not one of the maps this app declares"
             ))
         })
+    }
+
+    /// The state of turn plugin `name` (see [`TurnPlugin`](crate::turn::TurnPlugin)), if the
+    /// host has it: checkpointed with the CA and rolled back with the turn.
+    pub fn plugin(&mut self, name: &str) -> Option<&mut Value> {
+        self.plugins.get_mut(name)
     }
 
     /// Records an intent for `plugin`: it is carried out after this turn's checkpoint commits,

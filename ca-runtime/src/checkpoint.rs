@@ -6,7 +6,8 @@
 //! - `m`: the [`Meta`] (state version of the app code that wrote it, checkpoint count);
 //! - `s.<key>`: one entry per top-level key of the CA's state object, so a checkpoint carries
 //!   only the keys that changed (a delta);
-//! - `i.<intent key>`: a pending [`Intent`], removed by a later checkpoint once carried out.
+//! - `i.<intent key>`: a pending [`Intent`], removed by a later checkpoint once carried out;
+//! - `p.<plugin>`: the state of a turn plugin (sessions, timers, ...).
 //!
 //! Everything here is pure: decoding a map, and the operations that turn one checkpoint into the
 //! next.
@@ -25,6 +26,7 @@ pub const STATE_MAP: &str = "castate";
 const META_KEY: &str = "m";
 const STATE_PREFIX: &str = "s.";
 const INTENT_PREFIX: &str = "i.";
+const PLUGIN_PREFIX: &str = "p.";
 
 /// The private state map of `ca`.
 pub fn state_map_name(ca: &CaName) -> Result<MapName, CaError> {
@@ -69,6 +71,8 @@ pub struct CaState {
     pub state: serde_json::Map<String, Value>,
     /// Pending and parked intents, by key.
     pub intents: BTreeMap<String, Intent>,
+    /// Turn plugins' states, by plugin name (`Null` is not stored).
+    pub plugins: BTreeMap<String, Value>,
 }
 
 /// A state map that is not a checkpoint.
@@ -97,6 +101,8 @@ impl CaState {
                 out.meta = Some(meta);
             } else if let Some(k) = key.strip_prefix(STATE_PREFIX) {
                 out.state.insert(k.to_string(), value.clone());
+            } else if let Some(k) = key.strip_prefix(PLUGIN_PREFIX) {
+                out.plugins.insert(k.to_string(), value.clone());
             } else if let Some(k) = key.strip_prefix(INTENT_PREFIX) {
                 let intent: Intent = serde_json::from_value(value.clone())
                     .map_err(|e| bad(format!("bad intent {k:?}: {e}")))?;
@@ -123,6 +129,12 @@ impl CaState {
             STATE_PREFIX,
             self.state.iter().map(|(k, v)| (k.as_str(), v.clone())),
             next.state.iter().map(|(k, v)| (k.as_str(), v.clone())),
+        );
+        diff(
+            &mut ops,
+            PLUGIN_PREFIX,
+            plugin_entries(self).into_iter(),
+            plugin_entries(next).into_iter(),
         );
         let intents = |s: &CaState| {
             s.intents
@@ -152,6 +164,15 @@ impl CaState {
     pub fn pending_intents(&self) -> impl Iterator<Item = &Intent> {
         self.intents.values().filter(|i| !i.parked)
     }
+}
+
+/// The plugin states worth storing (not `Null`).
+fn plugin_entries(s: &CaState) -> Vec<(&str, Value)> {
+    s.plugins
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect()
 }
 
 /// Appends the operations turning the sorted `old` entries into the sorted `new` ones.

@@ -17,7 +17,7 @@ use crate::committer::{Committer, CommitterConfig};
 use crate::metrics::Metrics;
 use crate::placement::{Placement, Route};
 use crate::plugins::Plugins;
-use crate::turn::{Call, TurnLimits};
+use crate::turn::{Call, TurnRules};
 
 /// The prefix of system methods, which no client may call.
 pub const SYSTEM_PREFIX: &str = "__ca_";
@@ -28,7 +28,7 @@ pub struct HostConfig {
     /// An activation with nothing to do for this long ends.
     pub idle: Duration,
     /// Limits of every turn (state size); the plugin list is filled in from the host's plugins.
-    pub limits: TurnLimits,
+    pub limits: TurnRules,
     /// Most method calls in one multi-call.
     pub max_calls: usize,
     /// Largest arguments of one call, as JSON text.
@@ -43,7 +43,7 @@ impl Default for HostConfig {
     fn default() -> Self {
         Self {
             idle: Duration::from_secs(60),
-            limits: TurnLimits::default(),
+            limits: TurnRules::default(),
             max_calls: 100,
             max_args_bytes: 256 * 1024,
             mailbox: 1024,
@@ -100,7 +100,7 @@ impl Host {
         let committer = Committer::start(client.clone(), config.committer, metrics.clone());
         for name in ["log"] {
             if plugins.has(name) {
-                config.limits.plugins.insert(name.to_string());
+                config.limits.intent_plugins.insert(name.to_string());
             }
         }
         let inner = Arc::new(HostInner {

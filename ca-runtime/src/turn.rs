@@ -11,6 +11,7 @@
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 
 use semver::{Version, VersionReq};
 use serde_json::Value;
@@ -20,22 +21,58 @@ use crate::CaError;
 use crate::app::{App, Cx, MethodError, NewIntent};
 use crate::checkpoint::{CaState, Intent, Meta};
 
-/// What every turn must respect to be prepared.
+/// What takes part in every turn, and what a turn must respect to be prepared.
 #[derive(Clone, Debug)]
-pub struct TurnLimits {
+pub struct TurnRules {
     /// Largest state object, as compact JSON.
     pub max_state_bytes: usize,
-    /// The plugins intents may name.
-    pub plugins: BTreeSet<String>,
+    /// The plugins intents may name (those that carry intents out after commit).
+    pub intent_plugins: BTreeSet<String>,
+    /// The plugins taking part in every turn, in order.
+    pub turn_plugins: Vec<Arc<dyn TurnPlugin>>,
 }
 
-impl Default for TurnLimits {
+impl Default for TurnRules {
     fn default() -> Self {
         Self {
             max_state_bytes: 1024 * 1024,
-            plugins: BTreeSet::new(),
+            intent_plugins: BTreeSet::new(),
+            turn_plugins: Vec::new(),
         }
     }
+}
+
+/// What a turn did, for plugins to judge at prepare.
+#[derive(Debug)]
+pub struct TurnEffects<'a> {
+    /// The CA's state after the method.
+    pub state: &'a serde_json::Map<String, Value>,
+    /// The intents recorded since the last checkpoint, this turn's last.
+    pub intents: &'a [NewIntent],
+}
+
+/// A plugin's part in every turn (DESIGN.md §9.3): pure hooks over the plugin's own state,
+/// which is checkpointed with the CA (entry `p.<name>`) and rolled back with the turn. App code
+/// reaches that state through [`Cx::plugin`]; effects outside the CA are intents, carried out
+/// after commit by an [`IntentPlugin`](crate::plugins::IntentPlugin).
+pub trait TurnPlugin: Send + Sync + std::fmt::Debug + 'static {
+    /// The plugin's name (its state's key).
+    fn name(&self) -> &str;
+    /// In the first turn of an activation, before the app's `__ca_init__`/`__ca_resume__`:
+    /// may repair or upgrade the plugin's state (`Null` for a new CA).
+    fn resume(&self, _state: &mut Value) -> Result<(), String> {
+        Ok(())
+    }
+    /// Before the method runs.
+    fn begin(&self, _state: &mut Value) {}
+    /// After the method returned: an error refuses the turn (a prepare failure, retryable).
+    fn prepare(&self, _state: &Value, _turn: &TurnEffects<'_>) -> Result<(), String> {
+        Ok(())
+    }
+    /// The turn was rolled back; the plugin's state already is as before it.
+    fn abort(&self) {}
+    /// A checkpoint holding the plugin's `state` was acknowledged by the Spine.
+    fn committed(&self, _state: &Value) {}
 }
 
 /// One method call of a message.
@@ -120,7 +157,7 @@ impl Working {
         ids: Ids<'_>,
         scratch: &mut serde_json::Map<String, Value>,
         calls: &[Call],
-        limits: &TurnLimits,
+        limits: &TurnRules,
     ) -> Result<Value, CaError> {
         self.run(ids, scratch, limits, |cx| {
             let mut last = Value::Null;
@@ -139,10 +176,11 @@ impl Working {
         app: &dyn App,
         ids: Ids<'_>,
         scratch: &mut serde_json::Map<String, Value>,
-        limits: &TurnLimits,
+        limits: &TurnRules,
     ) -> Result<(), CaError> {
         let version = app.state_version();
         self.run(ids, scratch, limits, |cx| {
+            resume_plugins(cx, limits)?;
             app.init(cx).map_err(|e| method_error("__ca_init__", e))
         })?;
         self.state.meta = Some(Meta {
@@ -159,7 +197,7 @@ impl Working {
         app: &dyn App,
         ids: Ids<'_>,
         scratch: &mut serde_json::Map<String, Value>,
-        limits: &TurnLimits,
+        limits: &TurnRules,
     ) -> Result<(), CaError> {
         let new = app.state_version();
         let old = self
@@ -169,6 +207,7 @@ impl Working {
             .map(|m| m.state_version.clone())
             .ok_or_else(|| CaError::exception("resume of a CA that was never initialized"))?;
         self.run(ids, scratch, limits, |cx| {
+            resume_plugins(cx, limits)?;
             if old != new {
                 match app.upgrade(cx, &old, &new) {
                     Some(r) => r.map_err(|e| method_error("__ca_upgrade__", e))?,
@@ -187,18 +226,48 @@ impl Working {
         &mut self,
         ids: Ids<'_>,
         scratch: &mut serde_json::Map<String, Value>,
-        limits: &TurnLimits,
+        rules: &TurnRules,
         body: impl FnOnce(&mut Cx<'_>) -> Result<T, CaError>,
     ) -> Result<T, CaError> {
         let mut next = self.clone();
+        let result = next.run_on(ids, scratch, rules, body);
+        match result {
+            Ok(_) => *self = next,
+            Err(_) => {
+                for p in &rules.turn_plugins {
+                    p.abort();
+                }
+            }
+        }
+        result
+    }
+
+    /// Runs `body` on `self` (a copy the caller drops on failure): plugins' begin, the method,
+    /// then prepare (limits, intents' plugins, maps, plugins' prepare).
+    fn run_on<T>(
+        &mut self,
+        ids: Ids<'_>,
+        scratch: &mut serde_json::Map<String, Value>,
+        rules: &TurnRules,
+        body: impl FnOnce(&mut Cx<'_>) -> Result<T, CaError>,
+    ) -> Result<T, CaError> {
+        for p in &rules.turn_plugins {
+            p.begin(
+                self.state
+                    .plugins
+                    .entry(p.name().to_string())
+                    .or_insert(Value::Null),
+            );
+        }
         let outcome = {
             let mut cx = Cx {
                 app: ids.app,
                 ca: ids.ca,
-                state: &mut next.state.state,
+                state: &mut self.state.state,
                 scratch,
-                maps: &mut next.maps,
-                intents: &mut next.new_intents,
+                maps: &mut self.maps,
+                intents: &mut self.new_intents,
+                plugins: &mut self.state.plugins,
             };
             catch_unwind(AssertUnwindSafe(|| body(&mut cx)))
         };
@@ -212,26 +281,37 @@ impl Working {
             }
         };
         // Prepare: the turn's effects must fit before they may join the checkpoint.
-        let bytes = next.state.state_bytes();
-        if bytes > limits.max_state_bytes {
+        let bytes = self.state.state_bytes();
+        if bytes > rules.max_state_bytes {
             return Err(CaError::prepare(format!(
                 "the state would be {bytes} bytes, over its limit of {} bytes",
-                limits.max_state_bytes
+                rules.max_state_bytes
             )));
         }
-        for intent in &next.new_intents {
-            if !limits.plugins.contains(&intent.plugin) {
+        for intent in &self.new_intents {
+            if !rules.intent_plugins.contains(&intent.plugin) {
                 return Err(CaError::prepare(format!(
                     "the turn recorded an intent for plugin {:?}, which this host does not have",
                     intent.plugin
                 )));
             }
         }
-        for (local, t) in &next.maps {
+        for (local, t) in &self.maps {
             t.prepare(placeholder_id())
                 .map_err(|e| CaError::prepare(format!("map {}-{local}: {e}", ids.ca)))?;
         }
-        *self = next;
+        let effects = TurnEffects {
+            state: &self.state.state,
+            intents: &self.new_intents,
+        };
+        for p in &rules.turn_plugins {
+            let state = self.state.plugins.get(p.name()).unwrap_or(&Value::Null);
+            p.prepare(state, &effects).map_err(|e| {
+                CaError::prepare(format!("plugin {} refused the turn: {e}", p.name()))
+            })?;
+        }
+        // A plugin without state keeps none (so a turn that changed nothing changes nothing).
+        self.state.plugins.retain(|_, v| !v.is_null());
         Ok(value)
     }
 
@@ -304,6 +384,19 @@ impl Working {
     }
 }
 
+fn resume_plugins(cx: &mut Cx<'_>, rules: &TurnRules) -> Result<(), CaError> {
+    for p in &rules.turn_plugins {
+        let state = cx
+            .plugins
+            .entry(p.name().to_string())
+            .or_insert(Value::Null);
+        p.resume(state).map_err(|e| {
+            CaError::exception(format!("plugin {} could not resume: {e}", p.name()))
+        })?;
+    }
+    Ok(())
+}
+
 fn applied(map: &SharingMap, cs: &ChangeSet) -> Result<SharingMap, CaError> {
     match map.apply(cs) {
         Ok(sharing_map::Applied::New(m)) => Ok(m),
@@ -367,7 +460,7 @@ mod tests {
         app: AppName,
         ca: CaName,
         counter: Counter,
-        limits: TurnLimits,
+        limits: TurnRules,
         committed: Committed,
         scratch: serde_json::Map<String, Value>,
         seq: u64,
@@ -387,11 +480,11 @@ mod tests {
                     .map(|(k, m)| (k.to_string(), m))
                     .collect(),
             };
-            let mut limits = TurnLimits {
+            let mut limits = TurnRules {
                 max_state_bytes: 1000,
-                ..TurnLimits::default()
+                ..TurnRules::default()
             };
-            limits.plugins.insert("log".into());
+            limits.intent_plugins.insert("log".into());
             Self {
                 app: AppName::parse("demo-counter").expect("app"),
                 ca,
@@ -538,6 +631,69 @@ mod tests {
             w.state
         );
         assert_eq!(count(&w), json!(3));
+    }
+
+    /// Counts turns in its state; refuses the turn that would make it `refuse_at`.
+    #[derive(Debug)]
+    struct Turns {
+        refuse_at: u64,
+        aborts: std::sync::atomic::AtomicU64,
+    }
+
+    impl TurnPlugin for Turns {
+        fn name(&self) -> &str {
+            "turns"
+        }
+        fn resume(&self, state: &mut Value) -> Result<(), String> {
+            if state.is_null() {
+                *state = json!(0);
+            }
+            Ok(())
+        }
+        fn begin(&self, state: &mut Value) {
+            *state = json!(state.as_u64().unwrap_or(0) + 1);
+        }
+        fn prepare(&self, state: &Value, turn: &TurnEffects<'_>) -> Result<(), String> {
+            assert!(turn.state.contains_key("count"));
+            if state.as_u64() == Some(self.refuse_at) {
+                return Err(format!("turn {} is refused", self.refuse_at));
+            }
+            Ok(())
+        }
+        fn abort(&self) {
+            self.aborts
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn turn_plugins_keep_checkpointed_state_refuse_at_prepare_and_roll_back() {
+        let mut f = Fixture::new();
+        let plugin = Arc::new(Turns {
+            refuse_at: 3,
+            aborts: Default::default(),
+        });
+        f.limits.turn_plugins.push(plugin.clone());
+        let mut w = Working::from_committed(&f.committed);
+        w.run_init(&f.counter, f.ids(), &mut f.scratch.clone(), &f.limits)
+            .expect("init");
+        f.call(&mut w, &[("increment", json!([]))]).expect("turn 2");
+        let e = f
+            .call(&mut w, &[("increment", json!([]))])
+            .expect_err("turn 3 refused");
+        assert_eq!(e.code, ca_client::ErrorCode::Prepare);
+        assert!(e.message.contains("turn 3 is refused"), "{e}");
+        let e = f
+            .call(&mut w, &[("fail", json!(["x"]))])
+            .expect_err("app error");
+        assert_eq!(e.code, ca_client::ErrorCode::AppError);
+        assert_eq!(plugin.aborts.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // The refused and failed turns were rolled back, the plugin's count with them.
+        assert_eq!(w.state.plugins.get("turns"), Some(&json!(2)));
+        assert_eq!(count(&w), json!(1));
+        f.commit(&mut w).expect("checkpoint");
+        let decoded = CaState::decode(&f.committed.state_map).expect("decodes");
+        assert_eq!(decoded.plugins.get("turns"), Some(&json!(2)));
     }
 
     #[test]
