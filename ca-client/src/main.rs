@@ -55,6 +55,28 @@ enum Command {
         /// Its arguments.
         args: Vec<String>,
     },
+    /// Measures checkpointed turns: each of --cas clients calls `increment` of its own CA of
+    /// --app in a closed loop for --seconds (after --warmup), then prints turns/s and latency.
+    Load {
+        /// The app (one with an `increment` method).
+        #[arg(long, default_value = "demo-counter")]
+        app: String,
+        /// CAs, each called by its own client in a loop.
+        #[arg(long, default_value_t = 100)]
+        cas: usize,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Seconds of calls before measuring (activations, leases).
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// Connections to the host the clients share.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// The CAs' owner prefix (CA `<prefix><n>-load`).
+        #[arg(long, default_value = "load")]
+        prefix: String,
+    },
 }
 
 fn parse_arg(text: &str) -> serde_json::Value {
@@ -78,7 +100,125 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await;
             Ok(print(cli.output, answer))
         }
+        Command::Load {
+            app,
+            cas,
+            seconds,
+            warmup,
+            connections,
+            prefix,
+        } => {
+            let mut clients = vec![client];
+            for _ in 1..connections.max(1) {
+                clients.push(CaClient::connect(&cli.endpoint, token.as_deref()).await?);
+            }
+            let report = load(&clients, &app, &prefix, cas.max(1), warmup, seconds.max(1)).await?;
+            match cli.output {
+                Output::Text => println!(
+                    "{} turns in {:.1} s over {} CAs: {:.0} turns/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} errors",
+                    report.turns,
+                    report.seconds,
+                    cas,
+                    report.turns as f64 / report.seconds,
+                    report.p50_ms,
+                    report.p99_ms,
+                    report.max_ms,
+                    report.errors
+                ),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({
+                        "cas": cas, "turns": report.turns, "seconds": report.seconds,
+                        "turns_per_second": report.turns as f64 / report.seconds,
+                        "p50_ms": report.p50_ms, "p99_ms": report.p99_ms, "max_ms": report.max_ms,
+                        "errors": report.errors,
+                    })
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+struct LoadReport {
+    turns: u64,
+    errors: u64,
+    seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+/// Closed-loop clients, one per CA; counts only calls that end inside the measured window.
+async fn load(
+    clients: &[CaClient],
+    app: &str,
+    prefix: &str,
+    cas: usize,
+    warmup: u64,
+    seconds: u64,
+) -> anyhow::Result<LoadReport> {
+    use std::time::{Duration, Instant};
+    let start = Instant::now() + Duration::from_secs(warmup);
+    let end = start + Duration::from_secs(seconds);
+    eprintln!("load: {cas} CAs, {warmup} s warm-up, {seconds} s measured");
+    let mut tasks = Vec::with_capacity(cas);
+    for i in 0..cas {
+        let client = clients[i % clients.len()].clone();
+        let app = app.to_string();
+        let ca = format!("{prefix}{i}-load");
+        tasks.push(tokio::spawn(async move {
+            let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .map_err(|e| anyhow::anyhow!("histogram: {e}"))?;
+            let (mut turns, mut errors) = (0u64, 0u64);
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let answer = client.call(&app, &ca, "increment", vec![]).await;
+                let done = Instant::now();
+                if done < start || done > end {
+                    if answer.is_err() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    continue;
+                }
+                match answer {
+                    Ok(_) => {
+                        turns += 1;
+                        let _ = hist.record((done - sent).as_micros() as u64);
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        if errors == 1 {
+                            eprintln!("load: {ca}: {e}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            anyhow::Ok((hist, turns, errors))
+        }));
+    }
+    let mut all = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| anyhow::anyhow!("histogram: {e}"))?;
+    let (mut turns, mut errors) = (0, 0);
+    for t in tasks {
+        let (h, n, e) = t.await??;
+        all.add(&h).map_err(|e| anyhow::anyhow!("histogram: {e}"))?;
+        turns += n;
+        errors += e;
+    }
+    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+    Ok(LoadReport {
+        turns,
+        errors,
+        seconds: seconds as f64,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        max_ms: all.max() as f64 / 1000.0,
+    })
 }
 
 fn print(output: Output, answer: Result<ca_client::Reply, CallError>) -> ExitCode {

@@ -240,6 +240,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A panicking method is an exception its caller hears about; the log gets one line (with the
+    // place it panicked), not a backtrace per failed turn.
+    std::panic::set_hook(Box::new(|info| tracing::error!(%info, "panic")));
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
     }
