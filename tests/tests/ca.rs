@@ -467,6 +467,103 @@ async fn a_dead_hosts_cas_answer_from_another_within_the_lease() -> anyhow::Resu
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn state_and_two_maps_commit_together_across_a_leader_kill() -> anyhow::Result<()> {
+    let mut cluster = cluster().await?;
+    let host = CaHost::start(&cluster, host_dir(&cluster, "host")?, vec![]).await?;
+    let token = cluster.token();
+    let cas: Vec<String> = (0..4).map(|i| format!("m{i:03}-phone")).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for ca in cas.clone() {
+        let client = host.client(&token).await?;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(r) = call_retrying(&client, &ca, "share", vec![json!(1)]).await {
+                    acked.push(r.result.as_i64().unwrap_or(-1));
+                }
+            }
+            (ca, acked)
+        }));
+    }
+    eventually("turns before the kill", Duration::from_secs(20), || {
+        let m = map(&cluster, "m000-phone-counter");
+        async move { (m.await.ok()?.get_value("count")?.as_i64()? > 10).then_some(()) }
+    })
+    .await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    cluster.kill(leader).await?;
+    eventually("turns after the kill", Duration::from_secs(30), || {
+        let m = map(&cluster, "m000-phone-counter");
+        async move { (m.await.ok()?.get_value("count")?.as_i64()? > 30).then_some(()) }
+    })
+    .await?;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    cluster.restart(leader).await?;
+    let client = cluster.client()?;
+    let app = AppName::parse(APP)?;
+    for t in tasks {
+        let (ca, acked) = t.await?;
+        // Each turn's three change sets share the checkpoint's update id: group the histories by
+        // it. A turn is in all three maps with one count, or in none.
+        let mut by_id: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+        for local in ["castate", "counter", "mirror"] {
+            let name = MapName::parse(&format!("{ca}-{local}"))?;
+            let history = client.history(&app, &name, 0).await?;
+            anyhow::ensure!(history.oldest_retained <= 1, "{name}: history was trimmed");
+            for cs in history.change_sets {
+                let key = if local == "castate" {
+                    "s.count"
+                } else {
+                    "count"
+                };
+                if let Some((_, e)) = cs.puts().iter().find(|(k, _)| &**k == key) {
+                    let count = e.as_value().cloned().unwrap_or(Value::Null);
+                    by_id
+                        .entry(cs.update_id().to_string())
+                        .or_default()
+                        .push((local.to_string(), count));
+                }
+            }
+        }
+        let mut counts = BTreeSet::new();
+        for (id, parts) in &by_id {
+            let names: Vec<&str> = parts.iter().map(|(m, _)| m.as_str()).collect();
+            if names == ["castate"] {
+                // The first checkpoint (`__ca_init__`'s count of 0) writes the state map alone.
+                continue;
+            }
+            assert_eq!(
+                names,
+                ["castate", "counter", "mirror"],
+                "{ca} {id}: {parts:?}"
+            );
+            assert!(
+                parts.iter().all(|(_, c)| c == &parts[0].1),
+                "{ca} {id}: {parts:?}"
+            );
+            counts.insert(parts[0].1.as_i64().unwrap_or(-1));
+        }
+        // Every acknowledged turn is there (its count, or a later one in the same checkpoint).
+        let max = counts.iter().max().copied().unwrap_or(0);
+        for a in &acked {
+            assert!(
+                *a <= max,
+                "{ca}: acknowledged {a} but the maps stop at {max}"
+            );
+        }
+        let state = map(&cluster, &format!("{ca}-castate")).await?;
+        assert_eq!(state.get_value("s.count"), Some(&json!(max)), "{ca}");
+        for local in ["counter", "mirror"] {
+            let m = map(&cluster, &format!("{ca}-{local}")).await?;
+            assert_eq!(m.get_value("count"), Some(&json!(max)), "{ca}-{local}");
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_versions_upgrade_compatibly_refuse_downgrades_and_run_the_hook() -> anyhow::Result<()>
 {
