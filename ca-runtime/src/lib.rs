@@ -12,10 +12,12 @@
 //!   leases in the Spine); [`service`]: the `ca.v1` gRPC endpoint, forwarding to the holder.
 //! - [`plugins`]: plugins that carry out intents after commit (`log`).
 //! - [`apps`]: example apps (`counter`).
+//! - [`assembly`]: the host as JSON components (`ca-runtime/host.json`) and their factories.
 
 pub mod activation;
 pub mod app;
 pub mod apps;
+pub mod assembly;
 pub mod checkpoint;
 pub mod committer;
 pub mod error;

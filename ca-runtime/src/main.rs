@@ -1,19 +1,14 @@
-//! `ca-host`: runs Cloud Assistants of the apps compiled into it, checkpointing in a Spine.
+//! `ca-host`: runs Cloud Assistants of the apps compiled into it, checkpointing in a Spine. The
+//! host is assembled from a JSON component description (`ca-runtime/host.json` by default).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
-use authz_aggregate::{RootPublicKey, Verifier};
-use ca_runtime::apps::counter::Counter;
-use ca_runtime::placement::{Placement, PlacementConfig};
-use ca_runtime::plugins::{LogPlugin, Plugins};
-use ca_runtime::service::CaService;
-use ca_runtime::{App, Host, HostConfig};
+use ca_runtime::assembly::{self, DEFAULT_HOST_JSON};
 use clap::{Args, Parser, Subcommand};
-use sharing_map::AppName;
+use components::{Delta, Description, ProcessEnv, Rename, Supervisor, Tree, merge, resolve};
+use serde_json::{Map, Value, json};
 
 /// Runs CA hosts.
 #[derive(Parser, Debug)]
@@ -25,214 +20,254 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serves the example apps (`demo-counter`) to clients on --listen, checkpointing every turn
-    /// in the Spine at --spine before replying.
+    /// Serves the apps of the host description (by default `demo-counter`) to clients on
+    /// --listen, checkpointing every turn in the Spine at --spine before replying.
     Serve(ServeArgs),
+    /// Prints the fully resolved host description `serve` would build, or why it cannot.
+    Check(ServeArgs),
 }
 
+/// Every flag overrides one env value of the host description (its default is there, also
+/// settable by the environment variable named).
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// Where clients connect (gRPC `ca.v1`).
-    #[arg(long, env = "CA_LISTEN", default_value = "127.0.0.1:7601")]
-    listen: SocketAddr,
-    /// The Spine's endpoints, comma-separated.
-    #[arg(
-        long,
-        env = "SPINE_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
-    )]
-    spine: Vec<String>,
-    /// The host's token for the Spine (it writes the CAs' private state maps, so an admin
-    /// token); else --spine-token-file, else `spine-data/admin.token` if present.
-    #[arg(long, env = "CA_SPINE_TOKEN", hide_env_values = true)]
+    /// A host description to use instead of the built-in `ca-runtime/host.json`; a `NAME++.json`
+    /// delta beside it (or in a --dir) is merged over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// A directory to look for the description's `++` delta in.
+    #[arg(long, value_name = "DIR")]
+    dir: Vec<PathBuf>,
+    /// Where clients connect (gRPC `ca.v1`) [CA_LISTEN; default 127.0.0.1:7601].
+    #[arg(long)]
+    listen: Option<String>,
+    /// The Spine's endpoints, comma-separated [SPINE_ENDPOINTS; default 127.0.0.1:7401-7403].
+    #[arg(long)]
+    spine: Option<String>,
+    /// The host's token for the Spine: it writes the CAs' private state maps, so an admin token
+    /// [CA_SPINE_TOKEN].
+    #[arg(long)]
     spine_token: Option<String>,
-    /// A file holding the host's Spine token.
-    #[arg(long, env = "CA_SPINE_TOKEN_FILE")]
+    /// A file holding the host's Spine token [CA_SPINE_TOKEN_FILE; default: spine-data/admin.token
+    /// if present].
+    #[arg(long)]
     spine_token_file: Option<PathBuf>,
-    /// The deployment's root public key (`spine init` writes `root.pub`): client tokens are
-    /// checked against it. Defaults to `spine-data/root.pub` when that exists.
-    #[arg(long, env = "CA_ROOT_KEY_FILE")]
+    /// The deployment's root public key (`spine init` writes root.pub): client tokens are checked
+    /// against it [CA_ROOT_KEY_FILE; default spine-data/root.pub].
+    #[arg(long)]
     root_key_file: Option<PathBuf>,
-    /// Let every client call every CA without a token (local experiments only).
-    #[arg(long, env = "CA_NO_AUTH", conflicts_with = "root_key_file")]
+    /// Let every client call every CA without a token; local experiments only [CA_NO_AUTH].
+    #[arg(long)]
     no_auth: bool,
-    /// Serve Prometheus metrics here (`GET /metrics`).
-    #[arg(long, env = "CA_METRICS_LISTEN")]
-    metrics_listen: Option<SocketAddr>,
-    /// The file the `log` plugin appends intents to.
-    #[arg(long, env = "CA_INTENT_LOG", default_value = "ca-data/intents.log")]
-    intent_log: PathBuf,
-    /// An activation idle this long ends (its CA then costs no memory).
-    #[arg(long, env = "CA_IDLE_MS", default_value_t = 60_000)]
-    idle_ms: u64,
-    /// Largest state of one CA, in bytes of compact JSON.
-    #[arg(long, env = "CA_MAX_STATE_BYTES", default_value_t = 1024 * 1024)]
-    max_state_bytes: usize,
-    /// Serve every CA called here, without partition leases: for a single host (two such hosts
-    /// on one Spine would take turns failing each other's checkpoints; nothing wrong would
-    /// commit, but callers would see `moved` errors).
-    #[arg(long, env = "CA_NO_PLACEMENT")]
+    /// Serve Prometheus metrics here (`GET /metrics`) [CA_METRICS_LISTEN].
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// The file the `log` plugin appends intents to [CA_INTENT_LOG; default ca-data/intents.log].
+    #[arg(long)]
+    intent_log: Option<PathBuf>,
+    /// An activation idle this long ends; its CA then costs no memory [CA_IDLE_MS; default
+    /// 60000].
+    #[arg(long)]
+    idle_ms: Option<u64>,
+    /// Largest state of one CA, in bytes of compact JSON [CA_MAX_STATE_BYTES; default 1 MiB].
+    #[arg(long)]
+    max_state_bytes: Option<u64>,
+    /// Serve every CA called here, without partition leases: for a single host. Two such hosts
+    /// on one Spine take turns failing each other's checkpoints: nothing wrong commits, but
+    /// callers see `moved` errors [CA_PLACEMENT=false].
+    #[arg(long)]
     no_placement: bool,
-    /// This host's id among hosts (default: its --advertise address).
-    #[arg(long, env = "CA_HOST_ID")]
+    /// This host's id among hosts [CA_HOST_ID; default: its advertised address].
+    #[arg(long)]
     host_id: Option<String>,
-    /// Where other hosts reach this one (default: --listen).
-    #[arg(long, env = "CA_ADVERTISE")]
+    /// Where other hosts reach this one [CA_ADVERTISE; default: --listen].
+    #[arg(long)]
     advertise: Option<String>,
-    /// Partitions CAs hash onto; the same on every host of a deployment.
-    #[arg(long, env = "CA_PARTITIONS", default_value_t = 64)]
-    partitions: u32,
-    /// How long a partition lease lasts: a dead host's CAs answer from another host within it.
-    #[arg(long, env = "CA_LEASE_MS", default_value_t = 10_000)]
-    lease_ms: u64,
+    /// Partitions CAs hash onto; the same on every host of a deployment [CA_PARTITIONS; default
+    /// 64].
+    #[arg(long)]
+    partitions: Option<u64>,
+    /// How long a partition lease lasts: a dead host's CAs answer from another host within it
+    /// [CA_LEASE_MS; default 10000].
+    #[arg(long)]
+    lease_ms: Option<u64>,
     /// Declare another state version for an app's code (`demo-counter=0.2.0`), e.g. to try
     /// upgrades: CAs checkpointed by another version upgrade at their next message, or refuse.
     #[arg(long, value_name = "APP=VERSION")]
     state_version: Vec<String>,
 }
 
-fn apps(args: &ServeArgs) -> anyhow::Result<Vec<(AppName, Arc<dyn App>)>> {
-    let mut counter_version = Counter::default_version();
-    for spec in &args.state_version {
-        let Some((app, version)) = spec.split_once('=') else {
-            bail!("--state-version {spec:?}: expected APP=VERSION");
+impl ServeArgs {
+    /// The flags given, as a delta over the description.
+    fn spec(&self, description: &Description) -> anyhow::Result<Delta> {
+        let mut parts: Vec<(String, Map<String, Value>)> = Vec::new();
+        let mut set = |component: &str, key: &str, value: Value| match parts
+            .iter_mut()
+            .find(|(c, _)| c == component)
+        {
+            Some((_, env)) => {
+                env.insert(key.into(), value);
+            }
+            None => parts.push((
+                component.into(),
+                [(key.to_string(), value)].into_iter().collect(),
+            )),
         };
-        if app != Counter::APP {
-            bail!(
-                "--state-version {spec:?}: this host serves no app {app:?} (it serves {})",
-                Counter::APP
-            );
+        let path = |p: &PathBuf| json!(p.display().to_string());
+        let mut top = Map::new();
+        if let Some(v) = &self.listen {
+            top.insert("listen".into(), json!(v));
         }
-        counter_version = semver::Version::parse(version).with_context(|| {
-            format!("--state-version {spec:?}: {version:?} is not a semver version")
-        })?;
+        if let Some(v) = &self.spine {
+            set("spine", "endpoints", json!(v));
+        }
+        if let Some(v) = &self.spine_token {
+            set("spine", "token", json!(v));
+        }
+        if let Some(v) = &self.spine_token_file {
+            set("spine", "token_file", path(v));
+        }
+        if let Some(v) = &self.root_key_file {
+            set("endpoint", "root_key_file", path(v));
+        }
+        if self.no_auth {
+            set("endpoint", "no_auth", json!(true));
+        }
+        if let Some(v) = &self.metrics_listen {
+            set("endpoint", "metrics_listen", json!(v));
+        }
+        if let Some(v) = &self.intent_log {
+            set("log", "path", path(v));
+        }
+        if let Some(v) = self.idle_ms {
+            set("host", "idle_ms", json!(v));
+        }
+        if let Some(v) = self.max_state_bytes {
+            set("host", "max_state_bytes", json!(v));
+        }
+        if self.no_placement {
+            set("placement", "enabled", json!(false));
+        }
+        if let Some(v) = &self.host_id {
+            set("placement", "host_id", json!(v));
+        }
+        if let Some(v) = &self.advertise {
+            set("placement", "advertise", json!(v));
+        }
+        if let Some(v) = self.partitions {
+            set("placement", "partitions", json!(v));
+        }
+        if let Some(v) = self.lease_ms {
+            set("placement", "lease_ms", json!(v));
+        }
+        for spec in &self.state_version {
+            let Some((app, version)) = spec.split_once('=') else {
+                bail!("--state-version {spec:?}: expected APP=VERSION");
+            };
+            semver::Version::parse(version).with_context(|| {
+                format!("--state-version {spec:?}: {version:?} is not a semver version")
+            })?;
+            if description.child(app).is_none() {
+                bail!("--state-version {spec:?}: the host description has no app {app:?}");
+            }
+            set(app, "state_version", json!(version));
+        }
+        for (component, _) in &parts {
+            if description.child(component).is_none() {
+                bail!(
+                    "the host description has no component {component:?} for a flag to set; use --config's env instead"
+                );
+            }
+        }
+        let components: Vec<Value> = parts
+            .into_iter()
+            .map(|(name, env)| json!({"name": name, "env": env}))
+            .collect();
+        let delta = json!({"name": description.name, "env": top, "components": components});
+        Ok(Delta::from_value(&delta, "<flags>")?)
     }
-    let name = AppName::parse(Counter::APP)?;
-    Ok(vec![(
-        name,
-        Arc::new(Counter::new(counter_version)) as Arc<dyn App>,
-    )])
+
+    /// The description to build: base, `++` delta, flags, then environment properties and links.
+    fn description(&self) -> anyhow::Result<Description> {
+        let base = match &self.config {
+            Some(file) => {
+                let mut loader = components::Loader::new(file.clone());
+                for dir in &self.dir {
+                    loader = loader.dir(dir.clone());
+                }
+                // The loader resolves too; flags merge over it below, so load unresolved here.
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let mut d = Description::from_json(&text, &file.display().to_string())?;
+                if let Some(delta_file) = loader.delta_file() {
+                    let label = delta_file.display().to_string();
+                    let text = std::fs::read_to_string(&delta_file)
+                        .with_context(|| format!("reading {label}"))?;
+                    let delta = Delta::from_json_for(&text, &label, Some(&d.name))?;
+                    d = merge(&d, &delta, &label, Rename::Forbidden)?;
+                }
+                d
+            }
+            None => Description::from_json(DEFAULT_HOST_JSON, "ca-runtime/host.json")?,
+        };
+        let spec = self.spec(&base)?;
+        let merged = merge(&base, &spec, "<flags>", Rename::Forbidden)?;
+        Ok(resolve(&merged, &ProcessEnv, "host description")?)
+    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let apps = apps(&args)?;
-    let token =
-        spine_client::resolve_token(args.spine_token.clone(), args.spine_token_file.as_deref())?;
-    let mut builder = spine_client::Client::builder(args.spine.clone());
-    if let Some(t) = &token {
-        builder = builder.token(t.clone());
-    }
-    let client = builder.build().context("the Spine client")?;
-    let verifier = if args.no_auth {
-        tracing::warn!("client authentication is off (--no-auth): every call is allowed");
-        None
-    } else {
-        let path = match &args.root_key_file {
-            Some(p) => p.clone(),
-            None if std::path::Path::new("spine-data/root.pub").exists() => {
-                PathBuf::from("spine-data/root.pub")
-            }
-            None => bail!(
-                "give --root-key-file (the deployment's root.pub, see `spine init`) or --no-auth"
-            ),
-        };
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading the root public key {}", path.display()))?;
-        let root = RootPublicKey::from_hex(text.trim())
-            .with_context(|| format!("{}: not a root public key", path.display()))?;
-        Some(Arc::new(Verifier::new(root)))
-    };
-    if let Some(dir) = args
-        .intent_log
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
+    let description = args.description()?;
+    if let Some(path) = description
+        .child("log")
+        .and_then(|l| l.env.get("path"))
+        .and_then(Value::as_str)
+        && let Some(dir) = std::path::Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
     {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let plugins = Plugins::default().with(LogPlugin::new(args.intent_log.clone()));
-    let mut config = HostConfig {
-        idle: Duration::from_millis(args.idle_ms),
-        ..HostConfig::default()
-    };
-    config.limits.max_state_bytes = args.max_state_bytes;
-    let placement = if args.no_placement {
-        None
-    } else {
-        let addr = args
-            .advertise
-            .clone()
-            .unwrap_or_else(|| args.listen.to_string());
-        if args.partitions == 0 {
-            bail!("--partitions must be at least 1");
-        }
-        Some(Placement::new(
-            client.clone(),
-            PlacementConfig {
-                host_id: args.host_id.clone().unwrap_or_else(|| addr.clone()),
-                addr,
-                partitions: args.partitions,
-                lease: Duration::from_millis(args.lease_ms.max(100)),
-            },
-        )?)
-    };
-    let host = Host::new(client, apps, plugins, placement, config);
-    if let Some(addr) = args.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("metrics address {addr}"))?;
-        let metrics = host.metrics();
-        let router = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let m = metrics.clone();
-                async move { m.render() }
-            }),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!(error = %e, "metrics server failed");
-            }
-        });
-    }
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let registry = Arc::new(assembly::registry()?);
+    let tree = Tree::create(&description, registry)
         .await
-        .with_context(|| format!("listening on {} (is another ca-host running?)", args.listen))?;
-    let addr = listener.local_addr()?;
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<spine_proto::ca_v1::ca_server::CaServer<CaService>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(spine_proto::CA_FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("reflection service")?;
+        .context("building the host from its description")?;
+    let endpoint = tree
+        .context()
+        .get::<assembly::EndpointPart>("endpoint")
+        .map(|e| e.addr.to_string())
+        .unwrap_or_else(|| "?".into());
     println!(
-        "ca-host: serving {} on {addr}, checkpointing in the Spine at {}",
-        host.apps()
-            .iter()
+        "ca-host: {} serving on {endpoint} (apps: {})",
+        description.name,
+        description
+            .child("host")
+            .and_then(|h| h.env.get("apps"))
             .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        args.spine.join(",")
+            .unwrap_or_default()
     );
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(CaService::new(host, verifier).into_server())
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                let _ = tokio::signal::ctrl_c().await;
-            },
-        )
-        .await
-        .context("serving clients")?;
-    Ok(())
+    let supervisor = Supervisor::new(tree.clone());
+    let outcome = supervisor
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+    let _ = tree.shutdown().await;
+    outcome.map_err(|e| anyhow::anyhow!("the host could not be kept running: {e}"))
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -245,5 +280,10 @@ async fn main() -> anyhow::Result<()> {
     std::panic::set_hook(Box::new(|info| tracing::error!(%info, "panic")));
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
+        Command::Check(args) => {
+            let d = args.description()?;
+            println!("{}", serde_json::to_string_pretty(&d.to_value())?);
+            Ok(())
+        }
     }
 }

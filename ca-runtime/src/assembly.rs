@@ -1,0 +1,364 @@
+//! A host assembled from a JSON component description (DESIGN.md §10): `ca-runtime/host.json`
+//! names the parts (Spine client, intent plugins, apps, placement, the host engine, the client
+//! endpoint) and their settings; [`registry`] has a factory for each module it names.
+//!
+//! Parts find the parts they use by name in the env (`"spine": "spine"`), created before them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use authz_aggregate::{RootPublicKey, Verifier};
+use components::{BoxError, Component, FactoryArgs, Registry};
+use futures::future::BoxFuture;
+use serde_json::{Map, Value};
+use sharing_map::AppName;
+use tokio::sync::oneshot;
+
+use crate::apps::counter::Counter;
+use crate::committer::CommitterConfig;
+use crate::placement::{Placement, PlacementConfig};
+use crate::plugins::{IntentPlugin, LogPlugin, Plugins};
+use crate::service::CaService;
+use crate::{App, Host, HostConfig};
+
+/// The default description, `ca-runtime/host.json`.
+pub const DEFAULT_HOST_JSON: &str = include_str!("../host.json");
+
+/// The factories of every module `host.json` may name.
+pub fn registry() -> Result<Registry, components::Error> {
+    let mut r = Registry::new();
+    r.register(
+        "ca-runtime#spine",
+        |a: FactoryArgs| async move { spine(&a) },
+    )?;
+    r.register("ca-runtime#log", |a: FactoryArgs| async move {
+        Ok::<_, BoxError>(PluginPart(LogPlugin::new(PathBuf::from(str_of(
+            &a.env, "path",
+        )?))))
+    })?;
+    r.register("ca-runtime#counter", |a: FactoryArgs| async move {
+        let version = semver::Version::parse(&str_of(&a.env, "state_version")?)
+            .map_err(|e| format!("state_version: {e}"))?;
+        let name = AppName::parse(a.name())?;
+        Ok::<_, BoxError>(AppPart {
+            name,
+            app: Arc::new(Counter::new(version)),
+        })
+    })?;
+    r.register("ca-runtime#placement", |a: FactoryArgs| async move {
+        placement(&a)
+    })?;
+    r.register("ca-runtime#host", |a: FactoryArgs| async move { host(&a) })?;
+    r.register("ca-runtime#endpoint", |a: FactoryArgs| async move {
+        endpoint(a).await
+    })?;
+    Ok(r)
+}
+
+/// The Spine client.
+#[derive(Debug)]
+pub struct SpinePart(pub spine_client::Client);
+impl Component for SpinePart {}
+
+/// An intent plugin.
+#[derive(Debug)]
+pub struct PluginPart(pub Arc<dyn IntentPlugin>);
+impl Component for PluginPart {}
+
+/// An app.
+pub struct AppPart {
+    /// The app name (the component's name).
+    pub name: AppName,
+    /// Its code.
+    pub app: Arc<dyn App>,
+}
+impl Component for AppPart {}
+impl std::fmt::Debug for AppPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AppPart({})", self.name)
+    }
+}
+
+/// Placement, or none (every CA served here).
+#[derive(Debug)]
+pub struct PlacementPart(pub Option<Arc<Placement>>);
+impl Component for PlacementPart {}
+
+/// The host engine.
+#[derive(Debug)]
+pub struct HostPart(pub Host);
+impl Component for HostPart {}
+
+/// The client endpoint, serving until shut down.
+#[derive(Debug)]
+pub struct EndpointPart {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Component for EndpointPart {
+    fn shutdown(&self) -> BoxFuture<'_, Result<(), BoxError>> {
+        let stop = self.stop.lock().ok().and_then(|mut s| s.take());
+        Box::pin(async move {
+            if let Some(stop) = stop {
+                let _ = stop.send(());
+            }
+            Ok(())
+        })
+    }
+}
+
+fn str_of(env: &Map<String, Value>, key: &str) -> Result<String, BoxError> {
+    match env.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(other) => Err(format!("env {key} must be a string, not {other}").into()),
+        None => Err(format!("env {key} is missing").into()),
+    }
+}
+
+fn opt_str(env: &Map<String, Value>, key: &str) -> Result<Option<String>, BoxError> {
+    match env.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => Ok(Some(str_of(env, key)?).filter(|s| !s.is_empty())),
+    }
+}
+
+fn u64_of(env: &Map<String, Value>, key: &str) -> Result<u64, BoxError> {
+    match env.get(key) {
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .ok_or_else(|| format!("env {key} must be a whole number, not {n}").into()),
+        Some(Value::String(s)) => s
+            .parse()
+            .map_err(|_| format!("env {key} must be a whole number, not {s:?}").into()),
+        Some(other) => Err(format!("env {key} must be a whole number, not {other}").into()),
+        None => Err(format!("env {key} is missing").into()),
+    }
+}
+
+fn bool_of(env: &Map<String, Value>, key: &str) -> Result<bool, BoxError> {
+    match env.get(key) {
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
+        Some(other) => Err(format!("env {key} must be true or false, not {other}").into()),
+        None => Err(format!("env {key} is missing").into()),
+    }
+}
+
+fn names_of(env: &Map<String, Value>, key: &str) -> Result<Vec<String>, BoxError> {
+    match env.get(key) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("env {key} must list names, not {v}").into())
+            })
+            .collect(),
+        Some(other) => Err(format!("env {key} must be a list of names, not {other}").into()),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn part<T: Component>(a: &FactoryArgs, key: &str) -> Result<Arc<T>, BoxError> {
+    let name = str_of(&a.env, key)?;
+    a.context.get::<T>(&name).ok_or_else(|| {
+        format!(
+            "env {key}: no component {name:?} of the right kind was created before {} (created: {})",
+            a.name(),
+            a.context.names().join(", ")
+        )
+        .into()
+    })
+}
+
+fn spine(a: &FactoryArgs) -> Result<SpinePart, BoxError> {
+    let endpoints: Vec<String> = match a.env.get("endpoints") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => str_of(&a.env, "endpoints")?
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    };
+    if endpoints.is_empty() {
+        return Err("env endpoints names no Spine endpoint".into());
+    }
+    // Neither: `spine dev`'s admin token if the directory has one, else no token.
+    let token_file = opt_str(&a.env, "token_file")?.map(PathBuf::from);
+    let token = spine_client::resolve_token(opt_str(&a.env, "token")?, token_file.as_deref())?;
+    let mut builder = spine_client::Client::builder(endpoints);
+    if let Some(t) = token {
+        builder = builder.token(t);
+    }
+    Ok(SpinePart(builder.build()?))
+}
+
+fn placement(a: &FactoryArgs) -> Result<PlacementPart, BoxError> {
+    if !bool_of(&a.env, "enabled")? {
+        tracing::info!("placement is off: this host serves every CA called here");
+        return Ok(PlacementPart(None));
+    }
+    let spine = part::<SpinePart>(a, "spine")?;
+    let addr = match opt_str(&a.env, "advertise")? {
+        Some(addr) => addr,
+        None => str_of(&a.env, "listen")?,
+    };
+    let partitions =
+        u32::try_from(u64_of(&a.env, "partitions")?).map_err(|_| "env partitions is too large")?;
+    if partitions == 0 {
+        return Err("env partitions must be at least 1".into());
+    }
+    let config = PlacementConfig {
+        host_id: opt_str(&a.env, "host_id")?.unwrap_or_else(|| addr.clone()),
+        addr,
+        partitions,
+        lease: Duration::from_millis(u64_of(&a.env, "lease_ms")?.max(100)),
+    };
+    Ok(PlacementPart(Some(Placement::new(
+        spine.0.clone(),
+        config,
+    )?)))
+}
+
+fn host(a: &FactoryArgs) -> Result<HostPart, BoxError> {
+    let spine = part::<SpinePart>(a, "spine")?;
+    let placement = part::<PlacementPart>(a, "placement")?;
+    let mut apps = Vec::new();
+    for name in names_of(&a.env, "apps")? {
+        let app = a
+            .context
+            .get::<AppPart>(&name)
+            .ok_or_else(|| format!("env apps: no app component {name:?}"))?;
+        apps.push((app.name.clone(), app.app.clone()));
+    }
+    let mut plugins = Plugins::default();
+    for name in names_of(&a.env, "plugins")? {
+        let plugin = a
+            .context
+            .get::<PluginPart>(&name)
+            .ok_or_else(|| format!("env plugins: no plugin component {name:?}"))?;
+        plugins = plugins.with(plugin.0.clone());
+    }
+    let mut config = HostConfig {
+        idle: Duration::from_millis(u64_of(&a.env, "idle_ms")?),
+        max_calls: u64_of(&a.env, "max_calls")? as usize,
+        max_args_bytes: u64_of(&a.env, "max_args_bytes")? as usize,
+        mailbox: u64_of(&a.env, "mailbox")? as usize,
+        committer: CommitterConfig {
+            max_batch: u64_of(&a.env, "max_batch")?.max(1) as usize,
+            max_in_flight: u64_of(&a.env, "max_in_flight")?.max(1) as usize,
+        },
+        ..HostConfig::default()
+    };
+    config.limits.max_state_bytes = u64_of(&a.env, "max_state_bytes")? as usize;
+    Ok(HostPart(Host::new(
+        spine.0.clone(),
+        apps,
+        plugins,
+        placement.0.clone(),
+        config,
+    )))
+}
+
+async fn endpoint(a: FactoryArgs) -> Result<EndpointPart, BoxError> {
+    let host = part::<HostPart>(&a, "host")?.0.clone();
+    let listen: SocketAddr = str_of(&a.env, "listen")?
+        .parse()
+        .map_err(|e| format!("env listen: {e}"))?;
+    let verifier = if bool_of(&a.env, "no_auth")? {
+        tracing::warn!("client authentication is off (no_auth): every call is allowed");
+        None
+    } else {
+        let path = opt_str(&a.env, "root_key_file")?
+            .ok_or("env root_key_file: give the deployment's root.pub, or set no_auth")?;
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            format!("reading the root public key {path} (see `spine init`, or set no_auth): {e}")
+        })?;
+        let root = RootPublicKey::from_hex(text.trim())
+            .map_err(|e| format!("{path}: not a root public key: {e}"))?;
+        Some(Arc::new(Verifier::new(root)))
+    };
+    if let Some(m) = opt_str(&a.env, "metrics_listen")? {
+        let addr: SocketAddr = m.parse().map_err(|e| format!("env metrics_listen: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("metrics address {addr}: {e}"))?;
+        let metrics = host.metrics();
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = metrics.clone();
+                async move { m.render() }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("listening on {listen} (is another ca-host running?): {e}"))?;
+    let addr = listener.local_addr()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<spine_proto::ca_v1::ca_server::CaServer<CaService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(spine_proto::CA_FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let service = CaService::new(host, verifier).into_server();
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "client endpoint failed");
+        }
+    });
+    Ok(EndpointPart {
+        addr,
+        stop: std::sync::Mutex::new(Some(stop)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use components::Description;
+
+    #[test]
+    fn the_default_description_names_only_registered_modules() -> Result<(), BoxError> {
+        let d = Description::from_json(DEFAULT_HOST_JSON, "host.json")?;
+        let registry = registry()?;
+        let known: Vec<&str> = registry.modules().collect();
+        for c in &d.components {
+            assert!(known.contains(&c.module.as_str()), "{} is not registered", c.module);
+        }
+        let names: Vec<&str> = d.components.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["spine", "log", "demo-counter", "placement", "host", "endpoint"],
+            "parts are created in order: each after the parts it uses"
+        );
+        Ok(())
+    }
+}
