@@ -351,12 +351,23 @@ mod tests {
         let registry = registry()?;
         let known: Vec<&str> = registry.modules().collect();
         for c in &d.components {
-            assert!(known.contains(&c.module.as_str()), "{} is not registered", c.module);
+            assert!(
+                known.contains(&c.module.as_str()),
+                "{} is not registered",
+                c.module
+            );
         }
         let names: Vec<&str> = d.components.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             names,
-            ["spine", "log", "demo-counter", "placement", "host", "endpoint"],
+            [
+                "spine",
+                "log",
+                "demo-counter",
+                "placement",
+                "host",
+                "endpoint"
+            ],
             "parts are created in order: each after the parts it uses"
         );
         Ok(())

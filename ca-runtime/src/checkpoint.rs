@@ -21,8 +21,8 @@ use sharing_map::{CaName, Entry, MapName, SharingMap};
 
 use crate::CaError;
 
-/// The local map name every CA's private state map has.
-pub const STATE_MAP: &str = "castate";
+/// The local map name every CA's private state map has (reserved by the Spine).
+pub const STATE_MAP: &str = sharing_map::PRIVATE_STATE_MAP;
 const META_KEY: &str = "m";
 const STATE_PREFIX: &str = "s.";
 const INTENT_PREFIX: &str = "i.";

@@ -168,6 +168,9 @@ impl CaName {
     }
 }
 
+/// The local map name reserved for CAs' private state maps.
+pub const PRIVATE_STATE_MAP: &str = "castate";
+
 impl MapName {
     /// The CA that is this map's only writer.
     pub fn writer(&self) -> CaName {
@@ -179,6 +182,11 @@ impl MapName {
     /// The map's own part of the name.
     pub fn local_map(&self) -> &str {
         self.part(2)
+    }
+    /// Whether this is a CA's private state map (`owner-local-castate`, DESIGN.md §9.2): the
+    /// Spine lets only admins (CA hosts) create, read, write or follow one.
+    pub fn is_private_state(&self) -> bool {
+        self.local_map() == PRIVATE_STATE_MAP
     }
     /// Whether `ca` may write this map.
     pub fn is_written_by(&self, ca: &CaName) -> bool {

@@ -100,8 +100,10 @@ impl Access {
             })
     }
 
-    /// May write `map` of `app`: the token speaks for the map's writer CA.
+    /// May write `map` of `app`: the token speaks for the map's writer CA (for a CA's private
+    /// state map: an admin token, as CA hosts have).
     pub fn write(&self, app: &AppName, map: &MapName) -> Result<(), Status> {
+        self.private(map)?;
         let Access::Token(t) = self else {
             return Ok(());
         };
@@ -124,6 +126,27 @@ impl Access {
                 "this token is not for app {app}, so it may not read its maps: {e}"
             ))
         })
+    }
+
+    /// May read `map` of `app`: any token admitted to the app, but only an admin token for a
+    /// CA's private state map.
+    pub fn read_map(&self, app: &AppName, map: &MapName) -> Result<(), Status> {
+        self.read(app)?;
+        self.private(map)
+    }
+
+    /// Private state maps (`*-castate`) are for CA hosts and admins only.
+    fn private(&self, map: &MapName) -> Result<(), Status> {
+        if !map.is_private_state() {
+            return Ok(());
+        }
+        self.admin(&format!("map {map}, a CA's private state,"))
+    }
+
+    /// Whether the request may see private state maps (lists and prefix subscriptions leave
+    /// them out otherwise).
+    pub fn sees_private(&self) -> bool {
+        self.admin("").is_ok()
     }
 
     /// May run admin calls (membership, digest, peer traffic).
@@ -189,6 +212,23 @@ mod tests {
         let admin = issue(&root, &Constraints::any())?;
         auth.authenticate(&with_token(&admin.to_base64())?)?
             .admin("membership")?;
+        // A CA's private state map: not even its own CA's token reaches it; admins do.
+        let private = MapName::parse("alice-phone-castate")?;
+        for e in [
+            access.write(&app, &private),
+            access.read_map(&app, &private),
+        ] {
+            assert_eq!(
+                e.err().map(|e| e.code()),
+                Some(tonic::Code::PermissionDenied)
+            );
+        }
+        assert!(!access.sees_private());
+        let admin = auth.authenticate(&with_token(&admin.to_base64())?)?;
+        admin.write(&app, &private)?;
+        admin.read_map(&app, &private)?;
+        assert!(admin.sees_private());
+        access.read_map(&app, &MapName::parse("alice-phone-prices")?)?;
         Ok(())
     }
 

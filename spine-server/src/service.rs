@@ -293,7 +293,7 @@ impl pb::spine_server::Spine for SpineService {
         let access = Access::of(&request)?;
         let r = request.into_inner();
         let (app, name) = (app(&r.app)?, map(&r.map)?);
-        access.read(&app)?;
+        access.read_map(&app, &name)?;
         let state = self.read_state(r.stale_ok).await?;
         let ms = state
             .get(&app, &name)
@@ -329,14 +329,19 @@ impl pb::spine_server::Spine for SpineService {
             version: s.map.version(),
             entries: s.map.len() as u64,
         };
+        // Private state maps are left out unless the token may read them.
+        let private_ok = access.sees_private();
+        let shown = |name: &MapName| private_ok || !name.is_private_state();
         let maps = match names {
             Some(names) => names
                 .iter()
+                .filter(|n| shown(n))
                 .filter_map(|n| state.get(&app, n).map(|s| info(n, s)))
                 .take(limit)
                 .collect(),
             None => state
                 .with_prefix(&app, &r.prefix)
+                .filter(|(k, _)| shown(&k.map))
                 .take(limit)
                 .map(|(k, s)| info(&k.map, s))
                 .collect(),
@@ -351,7 +356,7 @@ impl pb::spine_server::Spine for SpineService {
         let access = Access::of(&request)?;
         let r = request.into_inner();
         let (app, name) = (app(&r.app)?, map(&r.map)?);
-        access.read(&app)?;
+        access.read_map(&app, &name)?;
         let state = self.read_state(r.stale_ok).await?;
         let ms = state
             .get(&app, &name)

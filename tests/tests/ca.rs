@@ -715,6 +715,27 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() -> anyhow::Result<()
         map(&cluster, "erin-phone-castate").await?.version(),
         version
     );
+    // The CA's private state map is the host's: not even the CA's own token reaches it in the
+    // Spine, nor sees it listed, nor can it create one.
+    let spine_as_erin = cluster.client_builder().token(erin.to_base64()).build()?;
+    let private = MapName::parse("erin-phone-castate")?;
+    let e = spine_as_erin
+        .get_map(&app, &private, false)
+        .await
+        .expect_err("private");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    let listed = spine_as_erin.list_maps(&app, "erin-phone", false).await?;
+    assert!(
+        listed.iter().all(|m| !m.name.is_private_state()),
+        "{listed:?}"
+    );
+    assert!(!listed.is_empty(), "its Sharing Maps are listed");
+    let other = MapName::parse("erin-tablet-castate")?;
+    let e = spine_as_erin
+        .create_map(&app, &other, vec![])
+        .await
+        .expect_err("reserved");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     Ok(())
 }
 
