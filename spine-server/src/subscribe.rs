@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sharing_map::{AppName, ChangeSet, SharingMap};
-use spine_client::convert;
 use spine_proto::v1 as pb;
+use spine_wire::convert;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::metrics::Metrics;

@@ -1,0 +1,35 @@
+//! Spine's wire messages as domain values, below both ends of the API.
+//!
+//! ```text
+//!   spine-server ──┐                       ┌── spine-client (and the node agent through it)
+//!                  ▼                       ▼
+//!               spine-wire: convert (pb ⇄ sharing-map types)
+//!                  │                       │
+//!                  ▼                       ▼
+//!              spine-proto (generated)   sharing-map (domain)
+//! ```
+//!
+//! The server and the client convert with the same functions, so both ends agree on one mapping,
+//! and neither depends on the other. `spine-proto` stays generated code only; `sharing-map` knows
+//! nothing of the wire.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use sharing_map::{ChangeSet, Entry, MapName, UpdateId};
+//! use spine_wire::convert::{change_set_from_pb, change_set_to_pb};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cs = ChangeSet::from_ops(
+//!     MapName::parse("alice-phone-prices")?,
+//!     0,
+//!     UpdateId::parse("u-1")?,
+//!     [(Arc::from("apple"), Some(Entry::value(serde_json::json!(3))))],
+//! );
+//! assert_eq!(change_set_from_pb(change_set_to_pb(&cs))?, cs);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod convert;
+
+pub use convert::ConvertError;
