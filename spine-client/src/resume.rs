@@ -59,21 +59,6 @@ fn wire(app: &AppName, map: &str, prefix: bool, from_version: Option<u64>) -> pb
     }
 }
 
-impl SubscriptionSpec {
-    fn same_target(&self, other: &SubscriptionSpec) -> bool {
-        self.app == other.app && self.map == other.map && self.prefix == other.prefix
-    }
-
-    fn covers(&self, key: &MapKey) -> bool {
-        self.app == key.app
-            && if self.prefix {
-                key.map.as_str().starts_with(&self.map)
-            } else {
-                key.map.as_str() == self.map
-            }
-    }
-}
-
 fn remove_request(app: &AppName, map: &str, prefix: bool) -> pb::SubscribeRequest {
     request(pb::subscribe_request::Op::Remove(wire(
         app, map, prefix, None,
@@ -122,7 +107,7 @@ impl ResumeState {
             if self.prefixes.iter().any(|s| s.same_target(&spec)) {
                 return Ok(Vec::new());
             }
-            let add = wire(&spec.app, &spec.map, true, spec.from_version);
+            let add = spec.to_pb();
             self.prefixes.push(spec);
             return Ok(vec![request(pb::subscribe_request::Op::Add(add))]);
         }
@@ -226,7 +211,7 @@ impl ResumeState {
             }
         }
         for spec in &self.prefixes {
-            out.push(wire(&spec.app, &spec.map, true, spec.from_version));
+            out.push(spec.to_pb());
         }
         out.into_iter()
             .map(|s| request(pb::subscribe_request::Op::Add(s)))

@@ -24,47 +24,7 @@ use crate::convert::{self, ConvertError};
 use crate::resume::ResumeState;
 use crate::{Client, ClientError};
 
-/// What to subscribe to: one map, or every map whose name starts with a prefix, in one app.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SubscriptionSpec {
-    /// The app the maps live in.
-    pub app: AppName,
-    /// A map's exact name, or a name prefix.
-    pub map: String,
-    /// Whether `map` is a prefix.
-    pub prefix: bool,
-    /// Deliver the deltas after this version (the caller has it); without it, a snapshot of the
-    /// current version comes first.
-    pub from_version: Option<u64>,
-}
-
-impl SubscriptionSpec {
-    /// One map, starting with a snapshot of its current version.
-    pub fn map(app: AppName, map: &MapName) -> Self {
-        SubscriptionSpec {
-            app,
-            map: map.to_string(),
-            prefix: false,
-            from_version: None,
-        }
-    }
-
-    /// Every map whose name starts with `prefix`, each starting with a snapshot.
-    pub fn prefix(app: AppName, prefix: impl Into<String>) -> Self {
-        SubscriptionSpec {
-            app,
-            map: prefix.into(),
-            prefix: true,
-            from_version: None,
-        }
-    }
-
-    /// Starts after `version` instead of with a snapshot.
-    pub fn from_version(mut self, version: u64) -> Self {
-        self.from_version = Some(version);
-        self
-    }
-}
+pub use spine_wire::SubscriptionSpec;
 
 /// One update of one map.
 #[derive(Clone, Debug, PartialEq, Serialize)]

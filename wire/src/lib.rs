@@ -3,15 +3,17 @@
 //! ```text
 //!   spine-server ──┐                       ┌── spine-client (and the node agent through it)
 //!                  ▼                       ▼
-//!               spine-wire: convert (pb ⇄ sharing-map types)
+//!               spine-wire: convert (pb ⇄ sharing-map types), SubscriptionSpec
 //!                  │                       │
 //!                  ▼                       ▼
 //!              spine-proto (generated)   sharing-map (domain)
 //! ```
 //!
 //! The server and the client convert with the same functions, so both ends agree on one mapping,
-//! and neither depends on the other. `spine-proto` stays generated code only; `sharing-map` knows
-//! nothing of the wire.
+//! and neither depends on the other. A subscription's spec ([`SubscriptionSpec`]) is here for
+//! the same reason: the client resumes streams with it, the server decides what to send with it,
+//! and both ask it whether it covers a map. `spine-proto` stays generated code only;
+//! `sharing-map` knows nothing of the wire.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -31,5 +33,7 @@
 //! ```
 
 pub mod convert;
+mod subscription;
 
 pub use convert::ConvertError;
+pub use subscription::SubscriptionSpec;
