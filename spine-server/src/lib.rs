@@ -15,7 +15,9 @@
 //! - [`store`]: sled storage for the Raft log, hard state and applied state.
 //! - [`node`]: the Raft loop (pre-vote, check-quorum, group commit, ReadIndex, membership).
 //! - [`pending`]: request numbers unique across nodes and restarts.
-//! - [`network`] and [`transport`]: batched Raft messages between nodes over gRPC.
+//! - [`network`]: the seam between the node loop and the network (out: [`network::RaftNetwork`],
+//!   in: [`network::PeerInbox`]); [`transport`] sends batched Raft messages over gRPC,
+//!   [`peer_service`] receives them.
 //! - [`service`] and [`subscribe`]: the client API.
 //! - [`auth`]: tokens checked on every request; who may write, read and administer.
 //! - [`server`]: wiring; the `spine` binary (`spine serve`, `spine dev`) is in `main.rs`.
@@ -46,6 +48,7 @@ pub mod logging;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod peer_service;
 pub mod pending;
 pub mod server;
 pub mod service;

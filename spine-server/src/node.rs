@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  gRPC handlers ──Msg──▶ mailbox ──▶ node loop: step / propose / tick
-//!  peers ─────────Msg──▶            │ Ready: append log + hard state ─▶ fsync ─▶ send messages
+//!  peers ───PeerEvent──▶ inbox ──▶   │ Ready: append log + hard state ─▶ fsync ─▶ send messages
 //!                                   │        apply committed entries (in memory, maps marked dirty)
 //!                                   │ every second: checkpoint dirty maps ─▶ fsync ─▶ compact log
 //!                                   ▼
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType};
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
 use serde::{Deserialize, Serialize};
 use sharing_map::codec;
@@ -29,7 +29,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::network::RaftNetwork;
+use crate::network::{PeerEvent, RaftNetwork};
 use crate::pending::{RequestNumbers, parse_read_context, read_context};
 use crate::state::{ApplyConfig, Change, Command, Outcome, Proposal, State};
 use crate::store::{Dirty, RaftStore, StateStore, Store, StoreError};
@@ -165,21 +165,10 @@ pub enum Msg {
     Propose(Command, Reply<(Outcome, u64)>),
     /// Ask for a linearizable read index; answered once this node applied up to it.
     ReadIndex(Reply<u64>),
-    /// A Raft message from a peer.
-    Raft(Box<Message>),
     /// A membership change; answered with the new membership when applied here.
     ChangeMembership(Membership, Reply<crate::state::Membership>),
     /// Hand leadership to another voter.
     TransferLeader(u64, Reply<()>),
-    /// The transport finished (or failed) sending a snapshot.
-    SnapshotSent {
-        /// The peer.
-        to: u64,
-        /// Whether it was delivered.
-        ok: bool,
-    },
-    /// The transport could not reach a peer.
-    Unreachable(u64),
 }
 
 /// Context carried by conf-change entries so the proposer can answer.
@@ -228,17 +217,6 @@ impl NodeHandle {
     /// missed between the two).
     pub fn events(&self) -> broadcast::Receiver<Arc<AppliedEvent>> {
         self.events.subscribe()
-    }
-
-    /// Sends a message to the loop without waiting; dropped if the mailbox is full (used for
-    /// transport reports, which Raft can do without).
-    pub fn try_deliver(&self, msg: Msg) {
-        let _ = self.tx.try_send(msg);
-    }
-
-    /// Sends a message to the loop (used by the peer transport).
-    pub async fn deliver(&self, msg: Msg) -> Result<(), NodeError> {
-        self.tx.send(msg).await.map_err(|_| NodeError::Stopped)
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T, NodeError> {
@@ -445,12 +423,15 @@ pub enum StartError {
 
 /// Opens storage and starts the node loop. `initial_voters` bootstraps a new group (every
 /// founding member passes the same list); empty means "join an existing group as a new member".
+/// The loop sends through `transport` and reads what the network delivers from `peer_events`
+/// (the receiving end of a [`crate::network::PeerInbox`]).
 pub fn start(
     cfg: NodeConfig,
     store: Store,
     initial_voters: &[u64],
     addrs: std::collections::BTreeMap<u64, String>,
     transport: Arc<dyn RaftNetwork>,
+    peer_events: mpsc::Receiver<PeerEvent>,
     metrics: Arc<Metrics>,
 ) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), StartError> {
     let raft_store = RaftStore::open(&store, initial_voters)?;
@@ -529,15 +510,21 @@ pub fn start(
         checkpointed: applied,
         last_checkpoint: Instant::now(),
     };
-    let task = tokio::spawn(node.run(rx, shutdown_rx));
+    let task = tokio::spawn(node.run(rx, peer_events, shutdown_rx));
     Ok((handle, task))
 }
 
 impl NodeLoop {
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        mut peers: mpsc::Receiver<PeerEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut ticker = tokio::time::interval(self.cfg.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sweep = Instant::now();
+        let mut peers_open = true;
         loop {
             tokio::select! {
                 biased;
@@ -545,13 +532,15 @@ impl NodeLoop {
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
                     self.handle(msg);
-                    // Group commit: take everything already queued before one Ready/fsync.
-                    for _ in 0..4096 {
-                        match rx.try_recv() {
-                            Ok(msg) => self.handle(msg),
-                            Err(_) => break,
-                        }
+                    self.take_queued(&mut rx, &mut peers);
+                }
+                event = peers.recv(), if peers_open => {
+                    match event {
+                        Some(event) => self.on_peer_event(event),
+                        // Nothing can deliver any more (a test's network went away).
+                        None => peers_open = false,
                     }
+                    self.take_queued(&mut rx, &mut peers);
                 }
                 _ = ticker.tick() => {
                     self.raw.tick();
@@ -644,13 +633,44 @@ impl NodeLoop {
         }
     }
 
-    fn handle(&mut self, msg: Msg) {
-        match msg {
-            Msg::Raft(m) => {
+    /// Group commit: takes everything already queued (requests and peer traffic) before one
+    /// Ready and one fsync.
+    fn take_queued(&mut self, rx: &mut mpsc::Receiver<Msg>, peers: &mut mpsc::Receiver<PeerEvent>) {
+        for _ in 0..4096 {
+            match rx.try_recv() {
+                Ok(msg) => self.handle(msg),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..4096 {
+            match peers.try_recv() {
+                Ok(event) => self.on_peer_event(event),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn on_peer_event(&mut self, event: PeerEvent) {
+        match event {
+            PeerEvent::Message(m) => {
                 if let Err(e) = self.raw.step(*m) {
                     tracing::debug!(error = %e, "dropped raft message");
                 }
             }
+            PeerEvent::SnapshotSent { to, ok } => {
+                let status = if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            PeerEvent::Unreachable(to) => self.raw.report_unreachable(to),
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
             Msg::Propose(command, reply) => {
                 let Some(request) = self.request_id() else {
                     let _ = reply.send(Err(self.unavailable("the node's storage failed")));
@@ -698,15 +718,6 @@ impl NodeLoop {
                     let _ = reply.send(Ok(()));
                 }
             }
-            Msg::SnapshotSent { to, ok } => {
-                let status = if ok {
-                    raft::SnapshotStatus::Finish
-                } else {
-                    raft::SnapshotStatus::Failure
-                };
-                self.raw.report_snapshot(to, status);
-            }
-            Msg::Unreachable(to) => self.raw.report_unreachable(to),
         }
     }
 
@@ -1131,9 +1142,4 @@ fn take_expired<V>(
         .map(|(k, _)| *k)
         .collect();
     ids.iter().filter_map(|id| pending.remove(id)).collect()
-}
-
-/// Whether a message carries a snapshot (the transport reports its delivery).
-pub fn is_snapshot(m: &Message) -> bool {
-    m.get_msg_type() == MessageType::MsgSnapshot
 }
