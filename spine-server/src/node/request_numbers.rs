@@ -10,7 +10,7 @@
 //! reuses a number an earlier one may have put in the log.
 //!
 //! ```
-//! use spine_server::pending::{RequestNumbers, read_context, parse_read_context};
+//! use spine_server::node::request_numbers::{RequestNumbers, read_context, parse_read_context};
 //! let mut numbers = RequestNumbers::new(7, 9);
 //! assert_eq!(numbers.take(), Some(7));
 //! assert_eq!(numbers.take(), Some(8));
