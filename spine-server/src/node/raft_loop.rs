@@ -23,11 +23,11 @@ use super::request_numbers::{RequestNumbers, parse_read_context, read_context};
 use crate::metrics::Metrics;
 use crate::network::{PeerEvent, RaftNetwork};
 use crate::state::{self, Proposal, State};
-use crate::store::{Dirty, RaftStore, StateStore, Store, StoreError};
+use crate::store::{Dirty, RaftLog, RaftStore, StateStore, Store, StoreError};
 
 /// Who leads, as `raw` sees it; a new leader is `ready` for reads once it has committed an
 /// entry of its term.
-fn leadership(raw: &RawNode<RaftStore>) -> Leadership {
+fn leadership<L: raft::Storage>(raw: &RawNode<L>) -> Leadership {
     let raft = &raw.raft;
     let committed = raft.raft_log.committed;
     Leadership {
@@ -37,7 +37,7 @@ fn leadership(raw: &RawNode<RaftStore>) -> Leadership {
     }
 }
 
-impl RaftRequests for RawNode<RaftStore> {
+impl<L: raft::Storage> RaftRequests for RawNode<L> {
     fn propose(&mut self, data: &[u8]) -> Option<u64> {
         if self.raft.leader_id == 0 {
             return None;
@@ -71,10 +71,10 @@ fn unavailable(leader: u64, state: &State, reason: &str) -> NodeError {
 }
 
 /// The node loop's state.
-struct NodeLoop {
+struct NodeLoop<L: RaftLog> {
     cfg: NodeConfig,
-    raw: RawNode<RaftStore>,
-    store: Store,
+    /// raft-rs's node over the log: the loop reaches the log through it ([`RaftLog`]).
+    raw: RawNode<L>,
     states: StateStore,
     state: State,
     transport: Arc<dyn RaftNetwork>,
@@ -171,7 +171,6 @@ pub fn start(
     let node = NodeLoop {
         cfg,
         raw,
-        store,
         states,
         state,
         transport,
@@ -191,7 +190,7 @@ pub fn start(
     Ok((handle, task))
 }
 
-impl NodeLoop {
+impl<L: RaftLog> NodeLoop<L> {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Msg>,
@@ -438,7 +437,7 @@ impl NodeLoop {
             self.on_role_change(ss.raft_state);
         }
         if rd.must_sync() || !rd.entries().is_empty() {
-            self.store.sync()?;
+            store.sync()?;
         }
         if !rd.persisted_messages().is_empty() {
             self.send(rd.take_persisted_messages());
