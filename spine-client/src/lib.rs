@@ -50,6 +50,7 @@ pub mod acl;
 mod client;
 mod cluster;
 mod error;
+pub mod load;
 mod maps;
 mod resume;
 mod subscribe;
