@@ -161,6 +161,15 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` voters (ids 1..=n) with `seed` for the network's randomness.
     pub async fn start(n: u64, seed: u64) -> Result<Self, Error> {
+        Self::start_with(n, seed, |_| {}).await
+    }
+
+    /// [`start`](Self::start), with node settings changed by `tune`.
+    pub async fn start_with(
+        n: u64,
+        seed: u64,
+        tune: impl FnOnce(&mut NodeConfig),
+    ) -> Result<Self, Error> {
         let net = Arc::new(Net {
             state: Mutex::new(NetState {
                 nodes: HashMap::new(),
@@ -178,6 +187,8 @@ impl Cluster {
             request_timeout: Duration::from_secs(5),
             ..NodeConfig::default()
         };
+        let mut cfg = cfg;
+        tune(&mut cfg);
         let mut cluster = Self {
             net,
             ids: (1..=n).collect(),
