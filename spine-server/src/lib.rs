@@ -14,7 +14,8 @@
 //! ```
 //!
 //! - [`state`]: the pure state machine (maps, bounded change-set history, last update ids).
-//! - [`store`]: sled storage for the Raft log, hard state and applied state.
+//! - [`store`]: sled storage in two parts: the Raft log (behind [`store::RaftLog`], the seam for
+//!   another log engine) and the state machine's checkpoints.
 //! - [`node`]: the Raft node (pre-vote, check-quorum, group commit, ReadIndex, membership): its
 //!   handle, the loop, and the pure rules it follows (pending requests, membership, checkpoints).
 //! - [`network`]: the seam between the node loop and the network (out: [`network::RaftNetwork`],
