@@ -1,5 +1,6 @@
 //! The load generator both systems get: compare-and-swap writers, one key or map each, with
-//! 256-byte values, driven for a duration or a number of writes.
+//! 256-byte values, driven for a duration or a number of writes. A Spine writer is
+//! `spine_client::load`'s [`MapWriter`], the one `spinectl load` drives.
 //!
 //! ```text
 //!  prepare: create the maps / put the keys (64 at a time) ─▶ one CasWriter per map/key
@@ -15,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt};
-use serde_json::json;
-use sharing_map::{AppName, ChangeSet, Entry, MapName, UpdateId};
+use sharing_map::{AppName, MapName};
 use spine_client::Client;
+use spine_client::load::{MapWriter, create_writers, value_text};
 
 use crate::cluster::{EtcdTarget, SpineTarget};
 use crate::etcd::EtcdConn;
@@ -25,21 +26,16 @@ use crate::stats::Latencies;
 
 /// Length of every value written, on both systems.
 pub const VALUE_BYTES: usize = 256;
-/// The one key of a Spine map that writers put.
-pub const SPINE_KEY: &str = "v";
 /// Maps created / keys put at once while preparing.
 const PREPARE_CONCURRENCY: usize = 64;
 /// Connections writers share: writer `i` uses connection `i mod CONNECTIONS` (and fewer when
 /// there are fewer writers). Both systems get the same number.
 pub const CONNECTIONS: usize = 12;
 
-/// The value of write `seq`: exactly [`VALUE_BYTES`] ASCII bytes that start with `seq`.
+/// The value of write `seq`: exactly [`VALUE_BYTES`] ASCII bytes that start with `seq` (the
+/// values `spinectl load` writes too).
 pub fn payload(seq: u64) -> String {
-    let mut text = seq.to_string();
-    text.truncate(VALUE_BYTES);
-    let fill = VALUE_BYTES - text.len();
-    text.extend(std::iter::repeat_n('x', fill));
-    text
+    value_text(seq, VALUE_BYTES)
 }
 
 /// A writer that owns one key or map and writes it with compare-and-swap against the version
@@ -49,33 +45,12 @@ pub trait CasWriter: Send + 'static {
     fn write(&mut self, value: String) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
-/// Writes one Spine map: a change set at the map's version, applied with CAS.
-#[derive(Debug)]
-pub struct SpineWriter {
-    client: Client,
-    app: AppName,
-    map: MapName,
-    /// The map's version after the last write.
-    pub version: u64,
-    seq: u64,
-}
-
-impl CasWriter for SpineWriter {
+/// A Spine writer is `spinectl load`'s: one map, a change set at the version it last produced.
+impl CasWriter for MapWriter {
     async fn write(&mut self, value: String) -> anyhow::Result<()> {
-        self.seq += 1;
-        let id = UpdateId::parse(&format!("b{}", self.seq))?;
-        let cs = ChangeSet::from_ops(
-            self.map.clone(),
-            self.version,
-            id,
-            [(Arc::from(SPINE_KEY), Some(Entry::value(json!(value))))],
-        );
-        let versions = self
-            .client
-            .update(&self.app, vec![cs])
+        MapWriter::write(self, value)
             .await
-            .with_context(|| format!("Spine update of {}", self.map))?;
-        self.version = versions.first().copied().context("no version in answer")?;
+            .with_context(|| format!("Spine update of {}", self.map()))?;
         Ok(())
     }
 }
@@ -115,32 +90,14 @@ pub async fn spine_writers(
     target: &SpineTarget,
     app: &AppName,
     maps: Vec<MapName>,
-) -> anyhow::Result<Vec<SpineWriter>> {
+) -> anyhow::Result<Vec<MapWriter>> {
     let conns = CONNECTIONS.min(maps.len()).max(1);
     let clients: Vec<Client> = (0..conns)
         .map(|i| target.client(i))
         .collect::<anyhow::Result<_>>()?;
-    futures::stream::iter(maps.into_iter().enumerate())
-        .map(|(i, map)| {
-            let client = clients[i % conns].clone();
-            let app = app.clone();
-            async move {
-                let created = client
-                    .create_map(&app, &map, Vec::new())
-                    .await
-                    .with_context(|| format!("creating Spine map {map}"))?;
-                anyhow::Ok(SpineWriter {
-                    client,
-                    app,
-                    map,
-                    version: created.version,
-                    seq: 0,
-                })
-            }
-        })
-        .buffered(PREPARE_CONCURRENCY)
-        .try_collect()
+    create_writers(&clients, app, maps, |_| "b".into(), PREPARE_CONCURRENCY)
         .await
+        .context("creating the Spine maps")
 }
 
 /// Puts `keys` (with a first value) and returns one writer per key; writer `i` uses connection

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sharing_map::{AppName, MapName, MethodRuntime, Snapshot};
+use sharing_map::{AppName, MapKey, MapName, MethodRuntime, Snapshot};
 use spine_client::{Client, SubscriptionSpec};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::registry::{Applied, MapKey, MapStatus, Registry, Shared};
+use crate::registry::{Applied, MapStatus, Registry, Shared};
 
 /// Settings of an agent.
 #[derive(Clone, Debug)]

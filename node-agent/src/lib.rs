@@ -45,4 +45,5 @@ pub mod registry;
 
 pub use agent::{Agent, AgentConfig, AgentError, AgentStatus, Pinned, Replica};
 pub use aggregate::Aggregate;
-pub use registry::{MapKey, MapStatus};
+pub use registry::MapStatus;
+pub use sharing_map::MapKey;

@@ -7,18 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sharing_map::{AppName, MapName, MethodRuntime, SharingMap, Snapshot, VersionWindow};
+use sharing_map::{AppName, MapKey, MapName, MethodRuntime, SharingMap, Snapshot, VersionWindow};
 use spine_client::MapUpdate;
 use tokio::sync::watch;
-
-/// A followed map: its app and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MapKey {
-    /// The app.
-    pub app: AppName,
-    /// The map.
-    pub map: MapName,
-}
 
 /// What readers of one map share: the newest snapshot (none before the first version arrives)
 /// and a count of snapshots pinned from it.

@@ -19,7 +19,7 @@
 //! `rpds`), [`ChangeSet`] (one transaction's normalized effect), [`Transaction`] (the writer's
 //! read-your-writes view), [`VersionWindow`] and [`Snapshot`] (the replica's newest few versions and
 //! a reader's pinned one), [`MethodRuntime`] (the Rhai sandbox), and the names of §2
-//! ([`CaName`], [`MapName`], [`AppName`]).
+//! ([`CaName`], [`MapName`], [`AppName`], and [`MapKey`], a map in its app).
 //!
 //! ```
 //! use sharing_map::{Applied, MapName, SharingMap, Transaction, UpdateId, VersionWindow};
@@ -66,6 +66,8 @@ pub use entry::{Entry, Json, Method};
 pub use error::{ApplyError, CodecError, Error, LimitError, MethodError, NameError};
 pub use map::{Applied, MapDump, SharingMap};
 pub use methods::{MethodLimits, MethodRuntime};
-pub use name::{AppName, CaName, MAX_NAME_LEN, MIN_USER_LEN, MapName, PRIVATE_STATE_MAP};
+pub use name::{
+    AppName, CaName, MAX_NAME_LEN, MIN_USER_LEN, MapKey, MapName, PRIVATE_STATE_MAP,
+};
 pub use transaction::Transaction;
 pub use window::{DeltaOutcome, Snapshot, VersionWindow};

@@ -196,6 +196,24 @@ impl MapName {
     }
 }
 
+/// A map's identity: the app whose namespace holds it and its name (a map name is unique within
+/// its app only). The Spine's state, the node agent's registry and a resuming subscription all
+/// key their maps by it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MapKey {
+    /// The app whose namespace holds the map.
+    pub app: AppName,
+    /// The map's name.
+    pub map: MapName,
+}
+
+impl MapKey {
+    /// The key of `map` in `app`.
+    pub fn new(app: AppName, map: MapName) -> Self {
+        Self { app, map }
+    }
+}
+
 impl AppName {
     /// The user who publishes the app.
     pub fn publisher(&self) -> &str {

@@ -324,10 +324,6 @@ impl Client {
         self.inner.settings
     }
 
-    pub(crate) fn nodes(&self) -> &[Node] {
-        &self.inner.nodes
-    }
-
     /// Index of the endpoint to try first.
     pub(crate) fn current(&self) -> usize {
         self.inner.current.load(Ordering::Relaxed) % self.inner.nodes.len()
@@ -346,13 +342,32 @@ impl Client {
 
     /// Runs one unary call, moving round robin through the endpoints on transient failures until
     /// the call's deadline.
-    pub(crate) async fn call<T, F, Fut>(&self, mut attempt: F) -> Result<T, ClientError>
+    pub(crate) async fn call<T, F, Fut>(&self, attempt: F) -> Result<T, ClientError>
     where
         F: FnMut(Rpc) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        let deadline = Instant::now() + self.inner.settings.timeout;
+        let (_, response) = self.round_robin(deadline, is_retryable, attempt).await?;
+        Ok(response.into_inner())
+    }
+
+    /// The retry loop of every call and every subscription stream: `attempt` on the current
+    /// endpoint, each attempt within the attempt timeout; an error `retry` accepts (or no answer
+    /// in time) moves to the next endpoint after a backoff, any other answer is final. Returns
+    /// the index of the endpoint that answered, or [`ClientError::Unavailable`] with every
+    /// endpoint tried once `deadline` would pass.
+    pub(crate) async fn round_robin<R, F, Fut>(
+        &self,
+        deadline: Instant,
+        retry: fn(&tonic::Status) -> bool,
+        mut attempt: F,
+    ) -> Result<(usize, R), ClientError>
+    where
+        F: FnMut(Rpc) -> Fut,
+        Fut: Future<Output = Result<R, tonic::Status>>,
+    {
         let settings = self.inner.settings;
-        let deadline = Instant::now() + settings.timeout;
         let mut tried: Vec<String> = Vec::new();
         let mut failures = 0u32;
         loop {
@@ -362,8 +377,8 @@ impl Client {
                 .saturating_duration_since(Instant::now())
                 .min(settings.attempt_timeout);
             let last = match tokio::time::timeout(budget, attempt(node.rpc())).await {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) if !is_retryable(&status) => return Err(status.into()),
+                Ok(Ok(answer)) => return Ok((index, answer)),
+                Ok(Err(status)) if !retry(&status) => return Err(status.into()),
                 Ok(Err(status)) => format!("{}: {}", node.addr, describe(&status)),
                 Err(_) => format!("{}: no answer within {budget:?}", node.addr),
             };

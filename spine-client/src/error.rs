@@ -29,6 +29,9 @@ pub enum ClientError {
     /// A name given to the client broke the naming rules.
     #[error(transparent)]
     Name(#[from] sharing_map::NameError),
+    /// A value given to the client (an update id, a key) broke a limit.
+    #[error(transparent)]
+    Limit(#[from] sharing_map::LimitError),
     /// An endpoint is not a valid address.
     #[error("invalid endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint {
@@ -53,6 +56,7 @@ impl ClientError {
             ClientError::Unavailable { .. } => Code::Unavailable,
             ClientError::Convert(_) => Code::Internal,
             ClientError::Name(_)
+            | ClientError::Limit(_)
             | ClientError::InvalidEndpoint { .. }
             | ClientError::InvalidToken { .. } => Code::InvalidArgument,
         }

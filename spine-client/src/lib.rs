@@ -11,9 +11,9 @@
 //! The main types: [`Client`] (a cheap, cloneable handle holding lazy connections to every
 //! endpoint), [`ClientError`] (a server's status verbatim, or [`ClientError::Unavailable`] when no
 //! node answered in time), [`Subscription`] (ordered, gap-free, exactly-once map updates across
-//! node failures, over the pure [`ResumeState`]), and [`convert`] (wire ↔ domain conversions
-//! shared with the server). Values are sharing-map's: [`sharing_map::SharingMap`],
-//! [`sharing_map::ChangeSet`], [`sharing_map::Entry`].
+//! node failures, over the pure [`ResumeState`]), and [`convert`] (wire ↔ domain conversions,
+//! from `spine-wire`, which the server uses too). Values are sharing-map's:
+//! [`sharing_map::SharingMap`], [`sharing_map::ChangeSet`], [`sharing_map::Entry`].
 //!
 //! A `Client` must be created inside a Tokio runtime (its connections run background tasks).
 //!
@@ -49,8 +49,8 @@
 pub mod acl;
 mod client;
 mod cluster;
-pub mod convert;
 mod error;
+pub mod load;
 mod maps;
 mod resume;
 mod subscribe;
@@ -63,5 +63,6 @@ pub use cluster::{ClusterStatus, NodeDigest, NodeInfo};
 pub use error::ClientError;
 pub use maps::{CreateOutcome, History, MAX_NAMES_PER_LIST, MapInfo, PUT_CONFLICT_RETRIES};
 pub use resume::{Accepted, ResumeState};
+pub use spine_wire::convert;
 pub use subscribe::{MapUpdate, Subscription, SubscriptionEvent, SubscriptionSpec};
 pub use tonic::Code;

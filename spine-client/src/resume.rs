@@ -8,13 +8,11 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
-use sharing_map::{AppName, MapName};
+use sharing_map::{AppName, MapKey, MapName};
 use spine_proto::v1 as pb;
 
 use crate::ClientError;
 use crate::subscribe::{MapUpdate, SubscriptionEvent, SubscriptionSpec};
-
-type MapKey = (AppName, MapName);
 
 /// Bookkeeping that turns a sequence of (possibly overlapping, repeated) server streams into one
 /// stream with, per map, strictly increasing versions, contiguous deltas, and every version
@@ -61,21 +59,6 @@ fn wire(app: &AppName, map: &str, prefix: bool, from_version: Option<u64>) -> pb
     }
 }
 
-impl SubscriptionSpec {
-    fn same_target(&self, other: &SubscriptionSpec) -> bool {
-        self.app == other.app && self.map == other.map && self.prefix == other.prefix
-    }
-
-    fn covers(&self, app: &AppName, map: &MapName) -> bool {
-        &self.app == app
-            && if self.prefix {
-                map.as_str().starts_with(&self.map)
-            } else {
-                map.as_str() == self.map
-            }
-    }
-}
-
 fn remove_request(app: &AppName, map: &str, prefix: bool) -> pb::SubscribeRequest {
     request(pb::subscribe_request::Op::Remove(wire(
         app, map, prefix, None,
@@ -96,7 +79,9 @@ impl ResumeState {
 
     /// The version of `map` last delivered (or the `from_version` it was subscribed from).
     pub fn last_version(&self, app: &AppName, map: &MapName) -> Option<u64> {
-        self.last.get(&(app.clone(), map.clone())).copied()
+        self.last
+            .get(&MapKey::new(app.clone(), map.clone()))
+            .copied()
     }
 
     /// Highest applied index delivered so far.
@@ -104,8 +89,8 @@ impl ResumeState {
         self.applied_index
     }
 
-    fn covered_by_prefix(&self, (app, map): &MapKey) -> bool {
-        self.prefixes.iter().any(|s| s.covers(app, map))
+    fn covered_by_prefix(&self, key: &MapKey) -> bool {
+        self.prefixes.iter().any(|s| s.covers(key))
     }
 
     fn covered(&self, key: &MapKey) -> bool {
@@ -122,11 +107,11 @@ impl ResumeState {
             if self.prefixes.iter().any(|s| s.same_target(&spec)) {
                 return Ok(Vec::new());
             }
-            let add = wire(&spec.app, &spec.map, true, spec.from_version);
+            let add = spec.to_pb();
             self.prefixes.push(spec);
             return Ok(vec![request(pb::subscribe_request::Op::Add(add))]);
         }
-        let key = (spec.app.clone(), MapName::parse(&spec.map)?);
+        let key = MapKey::new(spec.app.clone(), MapName::parse(&spec.map)?);
         let Entry::Vacant(slot) = self.exact.entry(key.clone()) else {
             return Ok(Vec::new());
         };
@@ -146,7 +131,7 @@ impl ResumeState {
         if self.implicit.remove(&key) {
             return Ok(Vec::new());
         }
-        let add = wire(&key.0, key.1.as_str(), false, from);
+        let add = wire(&key.app, key.map.as_str(), false, from);
         Ok(vec![request(pb::subscribe_request::Op::Add(add))])
     }
 
@@ -168,7 +153,7 @@ impl ResumeState {
         let Ok(map) = MapName::parse(&spec.map) else {
             return Vec::new();
         };
-        let key = (spec.app.clone(), map);
+        let key = MapKey::new(spec.app.clone(), map);
         let Some(removed) = self.exact.remove(&key) else {
             return Vec::new();
         };
@@ -176,7 +161,7 @@ impl ResumeState {
         if !self.covered_by_prefix(&key) {
             self.last.remove(&key);
             if self.implicit.remove(&key) {
-                out.push(remove_request(&key.0, key.1.as_str(), false));
+                out.push(remove_request(&key.app, key.map.as_str(), false));
             }
         }
         out
@@ -191,18 +176,18 @@ impl ResumeState {
         let orphans: Vec<MapKey> = self
             .implicit
             .iter()
-            .filter(|key| removed.covers(&key.0, &key.1) && !self.covered(key))
+            .filter(|key| removed.covers(key) && !self.covered(key))
             .cloned()
             .collect();
         for key in orphans {
             self.implicit.remove(&key);
-            out.push(remove_request(&key.0, key.1.as_str(), false));
+            out.push(remove_request(&key.app, key.map.as_str(), false));
         }
         let (exact, prefixes) = (&self.exact, &self.prefixes);
         self.last.retain(|key, _| {
-            !removed.covers(&key.0, &key.1)
+            !removed.covers(key)
                 || exact.contains_key(key)
-                || prefixes.iter().any(|s| s.covers(&key.0, &key.1))
+                || prefixes.iter().any(|s| s.covers(key))
         });
         out
     }
@@ -215,18 +200,18 @@ impl ResumeState {
         let mut out = Vec::with_capacity(self.exact.len() + self.prefixes.len());
         for (key, spec) in &self.exact {
             let from = self.last.get(key).copied().or(spec.from_version);
-            out.push(wire(&key.0, key.1.as_str(), false, from));
+            out.push(wire(&key.app, key.map.as_str(), false, from));
         }
         if !self.prefixes.is_empty() {
             for (key, &version) in &self.last {
                 if !self.exact.contains_key(key) && self.covered_by_prefix(key) {
                     self.implicit.insert(key.clone());
-                    out.push(wire(&key.0, key.1.as_str(), false, Some(version)));
+                    out.push(wire(&key.app, key.map.as_str(), false, Some(version)));
                 }
             }
         }
         for spec in &self.prefixes {
-            out.push(wire(&spec.app, &spec.map, true, spec.from_version));
+            out.push(spec.to_pb());
         }
         out.into_iter()
             .map(|s| request(pb::subscribe_request::Op::Add(s)))
@@ -240,7 +225,7 @@ impl ResumeState {
         let mut fresh = Vec::new();
         let mut resync = false;
         for update in updates {
-            let key = (update.app().clone(), update.map().clone());
+            let key = MapKey::new(update.app().clone(), update.map().clone());
             if !self.covered(&key) {
                 continue;
             }

@@ -24,47 +24,7 @@ use crate::convert::{self, ConvertError};
 use crate::resume::ResumeState;
 use crate::{Client, ClientError};
 
-/// What to subscribe to: one map, or every map whose name starts with a prefix, in one app.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SubscriptionSpec {
-    /// The app the maps live in.
-    pub app: AppName,
-    /// A map's exact name, or a name prefix.
-    pub map: String,
-    /// Whether `map` is a prefix.
-    pub prefix: bool,
-    /// Deliver the deltas after this version (the caller has it); without it, a snapshot of the
-    /// current version comes first.
-    pub from_version: Option<u64>,
-}
-
-impl SubscriptionSpec {
-    /// One map, starting with a snapshot of its current version.
-    pub fn map(app: AppName, map: &MapName) -> Self {
-        SubscriptionSpec {
-            app,
-            map: map.to_string(),
-            prefix: false,
-            from_version: None,
-        }
-    }
-
-    /// Every map whose name starts with `prefix`, each starting with a snapshot.
-    pub fn prefix(app: AppName, prefix: impl Into<String>) -> Self {
-        SubscriptionSpec {
-            app,
-            map: prefix.into(),
-            prefix: true,
-            from_version: None,
-        }
-    }
-
-    /// Starts after `version` instead of with a snapshot.
-    pub fn from_version(mut self, version: u64) -> Self {
-        self.from_version = Some(version);
-        self
-    }
-}
+pub use spine_wire::SubscriptionSpec;
 
 /// One update of one map.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -327,48 +287,29 @@ impl Subscription {
 
     /// Opens a stream on the first endpoint that takes it, re-adding every subscription.
     async fn connect(&mut self, deadline: Instant) -> Result<(), ClientError> {
-        let nodes = self.client.nodes().len();
-        let attempt_timeout = self.client.settings().attempt_timeout;
-        let mut tried: Vec<String> = Vec::new();
-        let mut failures = 0u32;
-        loop {
-            let index = self.client.current();
-            let node = &self.client.nodes()[index];
-            let (sender, receiver) = mpsc::unbounded_channel();
-            for request in self.state.resume_requests() {
-                // The receiver is alive until the call below drops it.
-                let _ = sender.send(request);
-            }
-            let budget = deadline
-                .saturating_duration_since(Instant::now())
-                .min(attempt_timeout);
-            let mut rpc = node.rpc();
-            let opened = rpc.subscribe(UnboundedReceiverStream::new(receiver));
-            let last = match tokio::time::timeout(budget, opened).await {
-                Ok(Ok(response)) => {
-                    self.conn = Some(Connection {
-                        node: index,
-                        sender,
-                        stream: response.into_inner(),
-                    });
-                    return Ok(());
+        let state = &mut self.state;
+        let (node, (sender, stream)) = self
+            .client
+            .round_robin(deadline, resumable, |mut rpc| {
+                let (sender, receiver) = mpsc::unbounded_channel();
+                for request in state.resume_requests() {
+                    // The receiver is alive until the call below drops it.
+                    let _ = sender.send(request);
                 }
-                Ok(Err(status)) if !resumable(&status) => return Err(status.into()),
-                Ok(Err(status)) => format!("{}: {}", node.addr, describe(&status)),
-                Err(_) => format!("{}: no answer within {budget:?}", node.addr),
-            };
-            tracing::debug!(error = %last, "could not open a subscription stream");
-            if !tried.contains(&node.addr) {
-                tried.push(node.addr.clone());
-            }
-            self.client.advance_from(index);
-            let pause = backoff(failures, nodes);
-            failures = failures.saturating_add(1);
-            if Instant::now() + pause >= deadline {
-                return Err(ClientError::Unavailable { tried, last });
-            }
-            tokio::time::sleep(pause).await;
-        }
+                async move {
+                    let response = rpc
+                        .subscribe(UnboundedReceiverStream::new(receiver))
+                        .await?;
+                    Ok((sender, response.into_inner()))
+                }
+            })
+            .await?;
+        self.conn = Some(Connection {
+            node,
+            sender,
+            stream,
+        });
+        Ok(())
     }
 }
 

@@ -1,21 +1,26 @@
 //! The Spine: a Raft-replicated master store for Sharing Maps.
 //!
 //! ```text
-//!            clients (spinectl, node agents)                  other Spine nodes
-//!                      │ gRPC Spine                                  ▲ │ gRPC RaftPeer
-//!                      ▼                                             │ ▼
-//!   service.rs ──Command──▶ node.rs (RawNode loop) ──messages──▶ transport.rs
-//!       │  ▲                  │ append + fsync      apply
-//!       │  └──Outcome─────────┤ store.rs (sled) ◀── state.rs (pure state machine)
+//!        clients (spinectl, node agents)                       other Spine nodes
+//!                  │ gRPC Spine                              ▲                 │ gRPC RaftPeer
+//!                  ▼                                         │                 ▼
+//!   service.rs ──Command──▶ node/ (RawNode loop) ──RaftNetwork──▶ transport.rs   peer_service.rs
+//!       │  ▲                  │   ▲                                              │
+//!       │  │                  │   └──────────────── PeerInbox ◀──────────────────┘
+//!       │  └──Outcome─────────┤ append + fsync, apply
+//!       │                     ├─▶ store.rs (sled) ◀── state.rs (pure state machine)
 //!       ▼                     ▼
 //!   subscribe.rs ◀── broadcast<AppliedEvent>, watch<Arc<State>>
 //! ```
 //!
 //! - [`state`]: the pure state machine (maps, bounded change-set history, last update ids).
-//! - [`store`]: sled storage for the Raft log, hard state and applied state.
-//! - [`node`]: the Raft loop (pre-vote, check-quorum, group commit, ReadIndex, membership).
-//! - [`pending`]: request numbers unique across nodes and restarts.
-//! - [`network`] and [`transport`]: batched Raft messages between nodes over gRPC.
+//! - [`store`]: sled storage in two parts: the Raft log (behind [`store::RaftLog`], the seam for
+//!   another log engine) and the state machine's checkpoints.
+//! - [`node`]: the Raft node (pre-vote, check-quorum, group commit, ReadIndex, membership): its
+//!   handle, the loop, and the pure rules it follows (pending requests, membership, checkpoints).
+//! - [`network`]: the seam between the node loop and the network (out: [`network::RaftNetwork`],
+//!   in: [`network::PeerInbox`]); [`transport`] sends batched Raft messages over gRPC,
+//!   [`peer_service`] receives them.
 //! - [`service`] and [`subscribe`]: the client API.
 //! - [`auth`]: tokens checked on every request; who may write, read and administer.
 //! - [`server`]: wiring; the `spine` binary (`spine serve`, `spine dev`) is in `main.rs`.
@@ -46,7 +51,7 @@ pub mod logging;
 pub mod metrics;
 pub mod network;
 pub mod node;
-pub mod pending;
+pub mod peer_service;
 pub mod server;
 pub mod service;
 pub mod state;

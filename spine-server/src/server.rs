@@ -18,10 +18,12 @@ use authz_aggregate::Token;
 use crate::auth::Auth;
 use crate::credentials::TlsFiles;
 use crate::metrics::Metrics;
+use crate::network::PeerInbox;
 use crate::node::{self, NodeConfig, NodeHandle};
+use crate::peer_service::PeerService;
 use crate::service::SpineService;
 use crate::store::{Store, StoreError};
-use crate::transport::{MAX_PEER_MESSAGE, PeerService, Transport};
+use crate::transport::{MAX_PEER_MESSAGE, Transport};
 
 /// Largest client request or response.
 pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024 * 1024;
@@ -192,17 +194,20 @@ pub async fn start(cfg: ServeConfig) -> Result<Server, ServeError> {
             .ca_certificate(tonic::transport::Certificate::from_pem(&t.ca))
             .identity(tonic::transport::Identity::from_pem(&t.cert, &t.key))
     });
-    let transport = Transport::new(id, cfg.security.peer_token.clone(), peer_tls);
+    // The node loop's inbox comes first: the transport reports into it, the peer service
+    // delivers into it, and the loop reads it, so none of them needs another to exist.
+    let (inbox, peer_events) = PeerInbox::channel();
+    let transport = Transport::new(id, cfg.security.peer_token.clone(), peer_tls, inbox.clone());
     let limits = cfg.node.apply.limits;
     let (node, node_task) = node::start(
         cfg.node.clone(),
         store,
         &voters,
         addrs,
-        transport.clone(),
+        transport,
+        peer_events,
         metrics.clone(),
     )?;
-    transport.attach(node.clone());
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -233,7 +238,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Server, ServeError> {
     );
     let peer = InterceptedService::new(
         pb::raft_peer_server::RaftPeerServer::new(PeerService::new(
-            node.clone(),
+            inbox,
             cfg.security.tls.is_some(),
         ))
         .max_decoding_message_size(MAX_PEER_MESSAGE)

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use sharing_map::{AppName, ApplyError, Limits, MapName, NameError};
-use spine_client::convert::{self, ConvertError};
 use spine_proto::v1 as pb;
+use spine_wire::convert::{self, ConvertError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};

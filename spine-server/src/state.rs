@@ -15,14 +15,8 @@ use sharing_map::{
     SharingMap,
 };
 
-/// A map's identity: the app namespace and the map name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct MapKey {
-    /// The app whose namespace holds the map.
-    pub app: AppName,
-    /// The map's name.
-    pub map: MapName,
-}
+/// A map's identity (sharing-map's; stored in snapshots and checkpoints as it always was).
+pub use sharing_map::MapKey;
 
 /// One map's master copy and its recent change sets.
 #[derive(Clone, Debug)]

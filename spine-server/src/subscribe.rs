@@ -12,26 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sharing_map::{AppName, ChangeSet, SharingMap};
-use spine_client::convert;
 use spine_proto::v1 as pb;
+use spine_wire::{SubscriptionSpec, convert};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::metrics::Metrics;
 use crate::node::{AppliedEvent, NodeHandle};
 use crate::state::{Change, MapKey, State};
-
-/// What a subscriber follows: exact maps or name prefixes within an app.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Follow {
-    /// The app.
-    pub app: AppName,
-    /// A full map name, or a prefix of names.
-    pub name: String,
-    /// Whether `name` is a prefix.
-    pub prefix: bool,
-    /// The version the client already has.
-    pub from_version: Option<u64>,
-}
 
 /// One thing to send for one map.
 #[derive(Clone, Debug)]
@@ -63,18 +50,15 @@ impl Out {
 #[derive(Debug, Default)]
 pub struct SubscriptionSet {
     exact: BTreeSet<MapKey>,
-    prefixes: BTreeSet<(AppName, String)>,
+    /// Prefix subscriptions, one per target (expected to be few).
+    prefixes: Vec<SubscriptionSpec>,
     last: HashMap<MapKey, u64>,
 }
 
 impl SubscriptionSet {
     /// Whether the stream follows `key`.
     pub fn follows(&self, key: &MapKey) -> bool {
-        self.exact.contains(key)
-            || self
-                .prefixes
-                .iter()
-                .any(|(app, p)| app == &key.app && key.map.as_str().starts_with(p.as_str()))
+        self.exact.contains(key) || self.prefixes.iter().any(|p| p.covers(key))
     }
 
     /// Number of maps with a delivered version.
@@ -83,20 +67,22 @@ impl SubscriptionSet {
     }
 
     /// Starts following; returns what to send now, from `state`.
-    pub fn add(&mut self, f: Follow, state: &State) -> Result<Vec<Out>, String> {
+    pub fn add(&mut self, f: SubscriptionSpec, state: &State) -> Result<Vec<Out>, String> {
         let mut out = Vec::new();
         if f.prefix {
-            self.prefixes.insert((f.app.clone(), f.name.clone()));
             let keys: Vec<MapKey> = state
-                .with_prefix(&f.app, &f.name)
+                .with_prefix(&f.app, &f.map)
                 .map(|(k, _)| k.clone())
                 .collect();
             for key in keys {
                 self.catch_up(&key, f.from_version, state, &mut out);
             }
+            if !self.prefixes.iter().any(|p| p.same_target(&f)) {
+                self.prefixes.push(f);
+            }
         } else {
             let map = f
-                .name
+                .map
                 .parse()
                 .map_err(|e: sharing_map::NameError| e.to_string())?;
             let key = MapKey { app: f.app, map };
@@ -108,20 +94,19 @@ impl SubscriptionSet {
 
     /// Stops following; forgets versions of maps no longer followed. Removing one map costs
     /// O(log n + prefixes); removing a prefix scans the tracked maps.
-    pub fn remove(&mut self, f: &Follow) {
+    pub fn remove(&mut self, f: &SubscriptionSpec) {
         if f.prefix {
-            self.prefixes.remove(&(f.app.clone(), f.name.clone()));
+            self.prefixes.retain(|p| !p.same_target(f));
             let orphans: Vec<MapKey> = self
                 .last
                 .keys()
-                .filter(|k| k.app == f.app && k.map.as_str().starts_with(f.name.as_str()))
-                .filter(|k| !self.follows(k))
+                .filter(|k| f.covers(k) && !self.follows(k))
                 .cloned()
                 .collect();
             for k in orphans {
                 self.last.remove(&k);
             }
-        } else if let Ok(map) = f.name.parse() {
+        } else if let Ok(map) = f.map.parse() {
             let key = MapKey {
                 app: f.app.clone(),
                 map,
@@ -192,8 +177,8 @@ impl SubscriptionSet {
     pub fn resync(&mut self, state: &State) -> Vec<Out> {
         let mut out = Vec::new();
         let mut keys: BTreeSet<MapKey> = self.exact.iter().cloned().collect();
-        for (app, p) in &self.prefixes {
-            keys.extend(state.with_prefix(app, p).map(|(k, _)| k.clone()));
+        for p in &self.prefixes {
+            keys.extend(state.with_prefix(&p.app, &p.map).map(|(k, _)| k.clone()));
         }
         for key in keys {
             let Some(ms) = state.maps.get(&key) else {
@@ -209,21 +194,8 @@ impl SubscriptionSet {
     }
 }
 
-fn follow_from_pb(s: pb::Subscription) -> Result<Follow, tonic::Status> {
-    let app = s
-        .app
-        .parse()
-        .map_err(|e: sharing_map::NameError| tonic::Status::invalid_argument(e.to_string()))?;
-    if !s.prefix {
-        sharing_map::MapName::parse(&s.map)
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-    }
-    Ok(Follow {
-        app,
-        name: s.map,
-        prefix: s.prefix,
-        from_version: s.from_version,
-    })
+fn follow_from_pb(s: pb::Subscription) -> Result<SubscriptionSpec, tonic::Status> {
+    SubscriptionSpec::from_pb(s).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
 }
 
 /// How often an idle stream gets a progress event.
@@ -430,10 +402,10 @@ mod tests {
             .collect()
     }
 
-    fn follow(map: &str, prefix: bool, from: Option<u64>) -> Follow {
-        Follow {
+    fn follow(map: &str, prefix: bool, from: Option<u64>) -> SubscriptionSpec {
+        SubscriptionSpec {
             app: app(),
-            name: map.into(),
+            map: map.into(),
             prefix,
             from_version: from,
         }

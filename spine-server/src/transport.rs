@@ -1,11 +1,12 @@
-//! Node-to-node transport: one task per peer sends Raft messages in batches over gRPC
-//! (`RaftPeer.Send`), and [`PeerService`] hands received ones to the local node.
+//! The outgoing side of node-to-node traffic: one task per peer sends Raft messages in batches
+//! over gRPC (`RaftPeer.Send`). Received ones come in through [`crate::peer_service`].
 //!
 //! Raft tolerates loss, so a full queue or an unreachable peer drops messages instead of
-//! blocking the node loop; the node is told so it can back off (and retry snapshots).
+//! blocking the node loop; the loop is told through its [`PeerInbox`] so it can back off (and
+//! retry snapshots).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use protobuf::Message as _;
@@ -13,7 +14,7 @@ use raft::eraftpb::Message;
 use spine_proto::v1 as pb;
 use tokio::sync::mpsc;
 
-use crate::node::{Msg, NodeHandle, is_snapshot};
+use crate::network::{PeerEvent, PeerInbox, is_snapshot};
 
 /// Largest message between nodes (snapshots carry the whole state).
 pub const MAX_PEER_MESSAGE: usize = 1024 * 1024 * 1024;
@@ -34,7 +35,8 @@ pub struct Transport {
     /// Mutual TLS to peers, when on.
     tls: Option<tonic::transport::ClientTlsConfig>,
     peers: Mutex<HashMap<u64, Peer>>,
-    node: OnceLock<NodeHandle>,
+    /// Where delivery reports go.
+    inbox: PeerInbox,
 }
 
 impl std::fmt::Debug for Transport {
@@ -44,11 +46,13 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// A transport for node `id` with no peers yet, presenting `token` to them.
+    /// A transport for node `id` with no peers yet, presenting `token` to them and reporting
+    /// failed deliveries into `inbox`.
     pub fn new(
         id: u64,
         token: Option<authz_aggregate::Token>,
         tls: Option<tonic::transport::ClientTlsConfig>,
+        inbox: PeerInbox,
     ) -> Arc<Self> {
         let token = token.and_then(|t| format!("Bearer {}", t.to_base64()).parse().ok());
         Arc::new(Self {
@@ -56,23 +60,16 @@ impl Transport {
             token,
             tls,
             peers: Mutex::new(HashMap::new()),
-            node: OnceLock::new(),
+            inbox,
         })
-    }
-
-    /// Connects the transport to its node, for delivery reports.
-    pub fn attach(&self, node: NodeHandle) {
-        let _ = self.node.set(node);
     }
 
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Peer>> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn report(&self, msg: Msg) {
-        if let Some(node) = self.node.get() {
-            node.try_deliver(msg);
-        }
+    fn report(&self, event: PeerEvent) {
+        self.inbox.try_deliver(event);
     }
 }
 
@@ -107,7 +104,7 @@ impl crate::network::RaftNetwork for Transport {
             .get(&to)
             .is_some_and(|p| p.tx.try_send(m).is_ok());
         if !sent {
-            self.report(Msg::Unreachable(to));
+            self.report(PeerEvent::Unreachable(to));
         }
     }
 }
@@ -187,12 +184,12 @@ async fn run_peer(
         }
         let ok = matches!(sent, Ok(Ok(_)));
         if has_snapshot {
-            transport.report(Msg::SnapshotSent { to, ok });
+            transport.report(PeerEvent::SnapshotSent { to, ok });
         }
         if ok {
             failures = 0;
         } else {
-            transport.report(Msg::Unreachable(to));
+            transport.report(PeerEvent::Unreachable(to));
             failures = failures.saturating_add(1);
             if failures > 1 {
                 tracing::debug!(peer = to, %addr, "peer unreachable");
@@ -203,52 +200,5 @@ async fn run_peer(
             // Drop what queued up meanwhile: it is stale, and Raft will send fresh state.
             while rx.try_recv().is_ok() {}
         }
-    }
-}
-
-/// The `RaftPeer` gRPC service: receives batches from other nodes.
-#[derive(Debug, Clone)]
-pub struct PeerService {
-    node: NodeHandle,
-    require_client_cert: bool,
-}
-
-impl PeerService {
-    /// Serves `node`; with `require_client_cert` (TLS on), only connections that presented a
-    /// certificate chaining to the deployment's CA may send Raft messages.
-    pub fn new(node: NodeHandle, require_client_cert: bool) -> Self {
-        Self {
-            node,
-            require_client_cert,
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl pb::raft_peer_server::RaftPeer for PeerService {
-    async fn send(
-        &self,
-        request: tonic::Request<pb::RaftBatch>,
-    ) -> Result<tonic::Response<pb::SendAck>, tonic::Status> {
-        crate::auth::Access::of(&request)?.admin("Raft peer traffic")?;
-        if self.require_client_cert && request.peer_certs().is_none_or(|c| c.is_empty()) {
-            return Err(tonic::Status::permission_denied(
-                "Raft peer traffic needs mutual TLS: connect with a node certificate signed by the deployment's CA",
-            ));
-        }
-        let batch = request.into_inner();
-        for bytes in batch.messages {
-            let m = Message::parse_from_bytes(&bytes).map_err(|e| {
-                tonic::Status::invalid_argument(format!(
-                    "undecodable raft message from node {}: {e}",
-                    batch.from
-                ))
-            })?;
-            self.node
-                .deliver(Msg::Raft(Box::new(m)))
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        }
-        Ok(tonic::Response::new(pb::SendAck {}))
     }
 }

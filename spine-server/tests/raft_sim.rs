@@ -94,6 +94,50 @@ async fn an_entry_of_a_previous_life_never_answers_a_new_request() -> Result<(),
     Ok(())
 }
 
+/// The log is compacted behind the checkpoints, and a follower that was down meanwhile catches
+/// up from a snapshot: with small checkpoint and compaction settings, the leader's log no longer
+/// holds the entries the follower is missing, yet after its restart it has every update.
+#[tokio::test(start_paused = true)]
+async fn a_follower_behind_a_compacted_log_catches_up_from_a_snapshot() -> Result<(), Error> {
+    let mut c = Cluster::start_with(3, 4, |cfg| {
+        cfg.checkpoint_entries = 10;
+        cfg.compact_after = 20;
+        cfg.keep_entries = 5;
+    })
+    .await?;
+    let leader = c.leader(10 * SECOND).await?;
+    let l = c.node(leader)?;
+    l.propose(create("alice-phone-x")).await?;
+    let follower = c
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .ok_or("no follower")?;
+    wait_version(&c.node(follower)?, "alice-phone-x", 0).await?;
+    let behind_at = c.node(follower)?.state().applied_index;
+    c.crash(follower).await;
+
+    for v in 0..100 {
+        let done = l
+            .propose(put("alice-phone-x", v, &format!("u{v}"), "k", v))
+            .await;
+        assert_eq!(versions(&done), Ok(vec![v + 1]), "update {v}");
+    }
+    let first = l.status().first_index;
+    assert!(
+        first > behind_at + 1,
+        "the leader's log must have been compacted past the follower (first index {first}, follower at {behind_at})"
+    );
+
+    c.restart(follower)?;
+    let f = c.node(follower)?;
+    wait_version(&f, "alice-phone-x", 100).await?;
+    assert_eq!(version_of(&f, "alice-phone-x", 5 * SECOND).await?, 100);
+    c.check_replicas_equal(10 * SECOND).await?;
+    c.stop().await;
+    Ok(())
+}
+
 /// Reads on both followers at once are each answered within a few round trips: their ReadIndex
 /// contexts never collide at the leader (which ignores a context already pending).
 #[tokio::test(start_paused = true)]

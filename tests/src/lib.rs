@@ -28,7 +28,8 @@ pub type RawClient = pb::spine_client::SpineClient<
     tonic::service::interceptor::InterceptedService<Channel, spine_client::Credentials>,
 >;
 
-/// Path of a workspace binary, built once per test process so a test never runs a stale one.
+/// Path of a workspace binary of this build profile, built once per process (a no-op when it is up
+/// to date) so a test or a benchmark never runs a stale one.
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT
@@ -62,10 +63,10 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
             if profile_dir.file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");
             }
-            // The test process has the per-package variables cargo gives it (CARGO_PKG_*,
-            // CARGO_MANIFEST_DIR, ...). A nested cargo that inherits them records them in
-            // build-script fingerprints (ring's), so it would rebuild rustls, tonic and the
-            // servers, and so would the next top-level build.
+            // A test (or `cargo run`) process has the per-package variables cargo gives it
+            // (CARGO_PKG_*, CARGO_MANIFEST_DIR, OUT_DIR with a build script, ...). A nested cargo
+            // that inherits them records them in build-script fingerprints (ring's), so it would
+            // rebuild rustls, tonic and the servers, and so would the next top-level build.
             for (key, _) in std::env::vars_os() {
                 let key = key.to_string_lossy();
                 let per_package = [

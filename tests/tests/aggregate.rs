@@ -401,9 +401,11 @@ async fn links_to_new_maps_join_unlinked_maps_leave_and_cycles_terminate() -> an
     let status = agent.status().await?;
     assert!(leases(&status, &late) > 0 && leases(&status, &cycle) > 0);
 
-    // Unlinking drops everything behind the link with that very update.
-    let unlinked_v = write(&client, &app, &root, linked_v, &[(LINK_KEY, None)]).await?;
+    // Unlinking drops everything behind the link with that very update. The snapshot held
+    // across it is taken before the write: taken after the write returns, it raced with the
+    // agent, which may already have published the unlink by then.
     let held = agg.snapshot();
+    let unlinked_v = write(&client, &app, &root, linked_v, &[(LINK_KEY, None)]).await?;
     loop {
         let snap = tokio::time::timeout(WAIT, agg.changed())
             .await

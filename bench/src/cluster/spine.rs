@@ -1,7 +1,7 @@
 //! A 3-node Spine cluster of `spine serve` processes, and how the benchmark's clients and node
 //! agents reach it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -15,62 +15,6 @@ use super::{STARTUP_DEADLINE, ServerProcs, free_addr, rotated};
 /// as latency instead of being abandoned and retried on another node.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The `spine` binary of this build profile, built first with cargo (a no-op when it is up to
-/// date), like the test harness's `bin` but with the environment of a top-level cargo run.
-///
-/// `cargo run` gives this process `CARGO_MANIFEST_DIR`, `CARGO_PKG_*` and (this package has a
-/// build script) `OUT_DIR`. A nested cargo that
-/// inherits them records them in build-script fingerprints (ring's), so every later top-level
-/// build would see them change and rebuild ring, rustls, tonic and everything above them, and so
-/// would the next nested one.
-fn spine_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating spine-bench")?;
-    // target/<profile>/spine-bench (or target/<profile>/deps/... for tests) -> target/<profile>
-    let mut profile_dir = exe
-        .parent()
-        .context("cannot locate the target directory")?
-        .to_path_buf();
-    if profile_dir.file_name().is_some_and(|n| n == "deps") {
-        profile_dir.pop();
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--quiet", "--bins"]).args([
-        "-p",
-        "spine-server",
-        "-p",
-        "spine-client",
-        "-p",
-        "node-agent",
-    ]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        let per_package = [
-            "CARGO_PKG_",
-            "CARGO_MANIFEST_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-        ]
-        .iter()
-        .any(|p| key.starts_with(p));
-        if per_package || key == "CARGO_PRIMARY_PACKAGE" || key == "OUT_DIR" {
-            cmd.env_remove(key.as_ref());
-        }
-    }
-    let status = cmd.status().context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build of the spine binary failed ({status})");
-    }
-    let path = profile_dir.join("spine");
-    if !path.exists() {
-        bail!("{} not found after cargo build", path.display());
-    }
-    Ok(path)
-}
 
 /// A Spine cluster under test.
 #[derive(Debug)]
@@ -102,7 +46,8 @@ impl SpineTarget {
     /// (the Spine's default), with data and logs under `dir`, and waits for a leader.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
         eprintln!("building (if needed) and locating the spine binary with cargo ...");
-        let spine = spine_binary()?;
+        // The test harness's nested build: the binaries of this build profile, up to date.
+        let spine = spine_tests::bin("spine")?;
         let creds = dir.join("spine-credentials");
         let init = Command::new(&spine)
             .args(["init", "--dir"])

@@ -47,14 +47,14 @@ pub async fn spine(target: &SpineTarget, app: &AppName, shape: Shape) -> anyhow:
     let had: HashMap<MapName, u64> = names
         .iter()
         .cloned()
-        .zip(writers.iter().map(|w| w.version))
+        .zip(writers.iter().map(|w| w.version()))
         .collect();
     let label = format!("Spine, writing {} updates while away", shape.updates);
     let (writers, written) = load::run(writers, Until::Writes(shape.per_map()), &label).await?;
     let target_versions: HashMap<MapName, u64> = names
         .iter()
         .cloned()
-        .zip(writers.iter().map(|w| w.version))
+        .zip(writers.iter().map(|w| w.version()))
         .collect();
 
     let client = target.client(1)?;

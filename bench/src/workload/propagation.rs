@@ -160,7 +160,7 @@ pub async fn spine(
     let map = MapName::parse(&format!("prop-s{n}-c{first}"))?;
     let mut writers = load::spine_writers(target, app, vec![map.clone()]).await?;
     let mut writer = writers.pop().context("no writer")?;
-    let version = writer.version;
+    let version = writer.version();
     let followers: Vec<AgentFollower> = futures::stream::iter(0..n)
         .map(|i| {
             let access = target.access(first + i);

@@ -9,7 +9,10 @@
 //!                    progress line on stderr every second ─▶ report on stdout
 //! ```
 //!
-//! Everything but [`run`] and the writer loop is pure, for tests.
+//! The writers are the library's [`spine_client::load::MapWriter`]s, the ones `spine-bench`
+//! drives too; this file adds what the command does around them: errors counted and retried, a
+//! conflict re-read, progress and the report. Everything but [`run`] and the writer loop is
+//! pure, for tests.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,17 +20,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use serde_json::json;
-use sharing_map::{AppName, ChangeSet, Entry, MapName, UpdateId};
+use sharing_map::{AppName, ChangeSet, MapName};
+use spine_client::load::{MapWriter, create_writers, value_text};
 use spine_client::{Client, ClientError, Code};
 
 use super::args::{LoadArgs, Output};
 
-/// The one key every update puts.
-const KEY: &str = "k";
 /// Latencies are recorded in microseconds, up to an hour, to 3 significant digits.
 const HIGHEST_MICROS: u64 = 3_600_000_000;
 const SIGNIFICANT_DIGITS: u8 = 3;
@@ -61,15 +61,6 @@ pub fn map_names(prefix: &str, writers: u32, run: &str) -> anyhow::Result<Vec<Ma
                 .with_context(|| format!("--maps-prefix {prefix:?} does not make valid map names"))
         })
         .collect()
-}
-
-/// The value of update `seq`: a string of exactly `bytes` ASCII bytes that starts with `seq`.
-pub fn value_text(seq: u64, bytes: usize) -> String {
-    let mut text = seq.to_string();
-    text.truncate(bytes);
-    let fill = bytes - text.len();
-    text.extend(std::iter::repeat_n('x', fill));
-    text
 }
 
 /// The gRPC code's canonical name (`FAILED_PRECONDITION`, ...).
@@ -111,6 +102,7 @@ pub fn is_fatal(error: &ClientError) -> bool {
         ),
         ClientError::Convert(_)
         | ClientError::Name(_)
+        | ClientError::Limit(_)
         | ClientError::InvalidEndpoint { .. }
         | ClientError::InvalidToken { .. } => true,
     }
@@ -389,16 +381,10 @@ fn lock(recorder: &Mutex<Recorder>) -> MutexGuard<'_, Recorder> {
     recorder.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What one writer needs.
-#[derive(Debug, Clone)]
+/// What one writer needs: the shared Spine writer of its map, and the run it is part of.
+#[derive(Debug)]
 struct Writer {
-    client: Client,
-    app: AppName,
-    map: MapName,
-    index: usize,
-    run: String,
-    /// The map's version when the run starts.
-    version: u64,
+    writer: MapWriter,
     value_bytes: usize,
     deadline: Instant,
     stop: Arc<AtomicBool>,
@@ -415,7 +401,7 @@ impl Writer {
         lock(&self.recorder).error(error.code());
         if is_fatal(&error) {
             self.stop.store(true, Ordering::Relaxed);
-            return Err(anyhow!(error).context(format!("{doing} {}", self.map)));
+            return Err(anyhow!(error).context(format!("{doing} {}", self.writer.map())));
         }
         Ok(())
     }
@@ -425,58 +411,41 @@ impl Writer {
         tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
     }
 
-    /// Re-reads the map's version after a conflict; `None` when the run ended meanwhile.
-    async fn reread(&self) -> anyhow::Result<Option<u64>> {
+    /// Re-reads the map's version after a conflict; `false` when the run ended meanwhile.
+    async fn reread(&mut self) -> anyhow::Result<bool> {
         while self.going() {
-            match self.client.get_map(&self.app, &self.map, false).await {
-                Ok(map) => return Ok(Some(map.version())),
+            match self.writer.reread().await {
+                Ok(_) => return Ok(true),
                 Err(e) => {
                     self.failed(e, "cannot read map")?;
                     self.pause().await;
                 }
             }
         }
-        Ok(None)
+        Ok(false)
     }
 
     /// Updates the map until the deadline. Fails only on a fatal error.
-    async fn run(self) -> anyhow::Result<()> {
-        let mut version = self.version;
-        let mut seq = 0u64;
+    async fn run(mut self) -> anyhow::Result<()> {
         // An update that failed transiently, to send again, with the time it was first sent.
         let mut pending: Option<(ChangeSet, Instant)> = None;
         while self.going() {
             let (change_set, first_sent) = match pending.take() {
                 Some(retry) => retry,
                 None => {
-                    seq += 1;
-                    let id = UpdateId::parse(&format!("load-{}-w{}-{seq}", self.run, self.index))?;
-                    let value = Entry::value(json!(value_text(seq, self.value_bytes)));
-                    let ops = [(Arc::from(KEY), Some(value))];
-                    (
-                        ChangeSet::from_ops(self.map.clone(), version, id, ops),
-                        Instant::now(),
-                    )
+                    let value = value_text(self.writer.writes() + 1, self.value_bytes);
+                    (self.writer.next_change_set(value)?, Instant::now())
                 }
             };
-            match self
-                .client
-                .update(&self.app, vec![change_set.clone()])
-                .await
-            {
-                Ok(versions) => {
+            match self.writer.apply(&change_set).await {
+                Ok(_) => {
                     let at = Instant::now();
-                    version = versions
-                        .first()
-                        .copied()
-                        .unwrap_or(change_set.next_version());
                     lock(&self.recorder).ack(at.saturating_duration_since(first_sent), at);
                 }
                 Err(e) if e.is_conflict() => {
                     self.failed(e, "cannot update map")?;
-                    match self.reread().await? {
-                        Some(current) => version = current,
-                        None => break,
+                    if !self.reread().await? {
+                        break;
                     }
                 }
                 Err(e) => {
@@ -507,13 +476,15 @@ pub async fn run(
         value_bytes: args.value_bytes,
         maps: maps_pattern(&args.maps_prefix, &run),
     };
-    let versions: Vec<u64> = futures::stream::iter(names.iter())
-        .map(|map| client.create_map(app, map, Vec::new()))
-        .buffered(CREATE_CONCURRENCY)
-        .map_ok(|created| created.version)
-        .try_collect()
-        .await
-        .with_context(|| format!("cannot create the maps {}", info.maps))?;
+    let writers = create_writers(
+        std::slice::from_ref(client),
+        app,
+        names,
+        |i| format!("load-{run}-w{i}"),
+        CREATE_CONCURRENCY,
+    )
+    .await
+    .with_context(|| format!("cannot create the maps {}", info.maps))?;
     eprintln!(
         "{} writers on maps {} for {:.1}s, {}-byte values",
         args.writers,
@@ -525,27 +496,18 @@ pub async fn run(
     let start = Instant::now();
     let recorder = Arc::new(Mutex::new(Recorder::new(start)));
     let stop = Arc::new(AtomicBool::new(false));
-    let writers = names
-        .into_iter()
-        .zip(versions)
-        .enumerate()
-        .map(|(index, (map, version))| {
-            tokio::spawn(
-                Writer {
-                    client: client.clone(),
-                    app: app.clone(),
-                    map,
-                    index,
-                    run: run.clone(),
-                    version,
-                    value_bytes: args.value_bytes,
-                    deadline: start + args.seconds,
-                    stop: stop.clone(),
-                    recorder: recorder.clone(),
-                }
-                .run(),
-            )
-        });
+    let writers = writers.into_iter().map(|writer| {
+        tokio::spawn(
+            Writer {
+                writer,
+                value_bytes: args.value_bytes,
+                deadline: start + args.seconds,
+                stop: stop.clone(),
+                recorder: recorder.clone(),
+            }
+            .run(),
+        )
+    });
     let all = futures::future::try_join_all(writers);
     tokio::pin!(all);
     let second = Duration::from_secs(1);
@@ -583,6 +545,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn at(start: Instant, ms: u64) -> Instant {
         start + Duration::from_millis(ms)
@@ -614,15 +577,6 @@ mod tests {
         assert!(map_names("my-load", 1, "abc123").is_err());
         assert!(map_names("Load", 1, "abc123").is_err());
         Ok(())
-    }
-
-    #[test]
-    fn values_have_exactly_the_requested_length() {
-        assert_eq!(value_text(42, 6), "42xxxx");
-        assert_eq!(value_text(12345, 3), "123");
-        assert_eq!(value_text(7, 0), "");
-        assert_eq!(value_text(1, 256).len(), 256);
-        assert_ne!(value_text(1, 16), value_text(2, 16));
     }
 
     #[test]

@@ -15,8 +15,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sharing_map::{AppName, ChangeSet, Entry, MapName, UpdateId};
 use spine_server::metrics::Metrics;
-use spine_server::network::RaftNetwork;
-use spine_server::node::{self, Msg, NodeConfig, NodeError, NodeHandle, is_snapshot};
+use spine_server::network::{PeerEvent, PeerInbox, RaftNetwork, is_snapshot};
+use spine_server::node::{self, NodeConfig, NodeError, NodeHandle};
 use spine_server::state::{Command, MapKey, Outcome, State};
 use spine_server::store::Store;
 
@@ -36,6 +36,8 @@ pub struct Faults {
 #[derive(Debug)]
 struct NetState {
     nodes: HashMap<u64, NodeHandle>,
+    /// Where each running node takes its peers' messages.
+    inboxes: HashMap<u64, PeerInbox>,
     /// Directed links that deliver nothing.
     cut: HashSet<(u64, u64)>,
     faults: Faults,
@@ -111,18 +113,18 @@ impl Net {
         let (target, sender) = {
             let mut s = self.lock();
             if s.cut.contains(&(from, to)) {
-                (None, s.nodes.get(&from).cloned())
+                (None, s.inboxes.get(&from).cloned())
             } else {
                 s.delivered += 1;
-                (s.nodes.get(&to).cloned(), s.nodes.get(&from).cloned())
+                (s.inboxes.get(&to).cloned(), s.inboxes.get(&from).cloned())
             }
         };
         let ok = target.is_some();
         if let Some(t) = target {
-            t.try_deliver(Msg::Raft(Box::new(m)));
+            t.try_deliver(PeerEvent::Message(Box::new(m)));
         }
         if snapshot && let Some(s) = sender {
-            s.try_deliver(Msg::SnapshotSent { to, ok });
+            s.try_deliver(PeerEvent::SnapshotSent { to, ok });
         }
     }
 }
@@ -159,9 +161,19 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` voters (ids 1..=n) with `seed` for the network's randomness.
     pub async fn start(n: u64, seed: u64) -> Result<Self, Error> {
+        Self::start_with(n, seed, |_| {}).await
+    }
+
+    /// [`start`](Self::start), with node settings changed by `tune`.
+    pub async fn start_with(
+        n: u64,
+        seed: u64,
+        tune: impl FnOnce(&mut NodeConfig),
+    ) -> Result<Self, Error> {
         let net = Arc::new(Net {
             state: Mutex::new(NetState {
                 nodes: HashMap::new(),
+                inboxes: HashMap::new(),
                 cut: HashSet::new(),
                 faults: Faults::default(),
                 rng: StdRng::seed_from_u64(seed),
@@ -175,6 +187,8 @@ impl Cluster {
             request_timeout: Duration::from_secs(5),
             ..NodeConfig::default()
         };
+        let mut cfg = cfg;
+        tune(&mut cfg);
         let mut cluster = Self {
             net,
             ids: (1..=n).collect(),
@@ -202,22 +216,32 @@ impl Cluster {
             id,
             ..self.cfg.clone()
         };
+        let (inbox, peer_events) = PeerInbox::channel();
         let (handle, task) = node::start(
             cfg,
             store,
             &self.ids,
             addrs,
             peers,
+            peer_events,
             Arc::new(Metrics::new(id)),
         )?;
-        self.net.lock().nodes.insert(id, handle.clone());
+        {
+            let mut net = self.net.lock();
+            net.nodes.insert(id, handle.clone());
+            net.inboxes.insert(id, inbox);
+        }
         self.running.insert(id, Running { handle, task });
         Ok(())
     }
 
     /// Kills node `id` as SIGKILL would: its loop stops where it is, without a last checkpoint.
     pub async fn crash(&mut self, id: u64) {
-        self.net.lock().nodes.remove(&id);
+        {
+            let mut net = self.net.lock();
+            net.nodes.remove(&id);
+            net.inboxes.remove(&id);
+        }
         if let Some(r) = self.running.remove(&id) {
             r.task.abort();
             let _ = r.task.await;

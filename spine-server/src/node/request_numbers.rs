@@ -6,11 +6,11 @@
 //! carries the same pair. Both must be unique across the node's restarts (an entry proposed by a
 //! node's previous life may apply after it restarted) and across nodes (the leader ignores a
 //! read whose context is already pending). Numbers are handed out from blocks reserved durably
-//! in the node's store ([`crate::store::RaftStore::reserve_requests`]), so a new life never
+//! in the node's store ([`crate::store::RaftLog::reserve_requests`]), so a new life never
 //! reuses a number an earlier one may have put in the log.
 //!
 //! ```
-//! use spine_server::pending::{RequestNumbers, read_context, parse_read_context};
+//! use spine_server::node::request_numbers::{RequestNumbers, read_context, parse_read_context};
 //! let mut numbers = RequestNumbers::new(7, 9);
 //! assert_eq!(numbers.take(), Some(7));
 //! assert_eq!(numbers.take(), Some(8));

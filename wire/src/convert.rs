@@ -1,7 +1,6 @@
 //! Conversions between wire messages and sharing-map's domain types.
 //!
-//! Shared by the client and the server, so both ends agree on one mapping. Every conversion from
-//! the wire validates what it reads and says which field was wrong.
+//! Every conversion from the wire validates what it reads and says which field was wrong.
 
 use std::sync::Arc;
 
