@@ -208,8 +208,9 @@ pub(crate) fn segment_header(seq: u64) -> [u8; SEGMENT_HEADER_LEN] {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum HeaderCheck {
     Ok,
-    /// Shorter than a header, and what is there is a prefix of the right header or zeros: the
-    /// file was being created when the process died.
+    /// The header is incomplete, and what is there is the start of the right header followed
+    /// by nothing but zeros to the end of the file: the file was being created when the
+    /// process died (its size may have reached the disk before its data).
     Torn,
     Bad(String),
 }
@@ -219,15 +220,15 @@ pub(crate) fn check_segment_header(bytes: &[u8], seq: u64) -> HeaderCheck {
     if bytes.len() >= SEGMENT_HEADER_LEN && bytes[..SEGMENT_HEADER_LEN] == want {
         return HeaderCheck::Ok;
     }
-    let n = bytes.len().min(SEGMENT_HEADER_LEN);
-    let head = &bytes[..n];
-    if bytes.len() < SEGMENT_HEADER_LEN && (head == &want[..n] || head.iter().all(|&b| b == 0)) {
+    let written = bytes
+        .iter()
+        .zip(want.iter())
+        .take_while(|(a, b)| a == b)
+        .count();
+    if bytes[written..].iter().all(|&b| b == 0) {
         return HeaderCheck::Torn;
     }
-    if bytes.len() >= SEGMENT_HEADER_LEN && bytes.iter().all(|&b| b == 0) {
-        // Space allocated but never written (the size reached the disk, the data did not).
-        return HeaderCheck::Torn;
-    }
+    let head = &bytes[..bytes.len().min(SEGMENT_HEADER_LEN)];
     if head.len() >= 8 && head[..8] != SEGMENT_MAGIC[..] {
         return HeaderCheck::Bad("not a segment file (wrong magic bytes)".into());
     }
@@ -518,6 +519,18 @@ mod tests {
         assert_eq!(check_segment_header(&h[..11], 7), HeaderCheck::Torn);
         assert_eq!(check_segment_header(&[], 7), HeaderCheck::Torn);
         assert_eq!(check_segment_header(&[0; 64], 7), HeaderCheck::Torn);
+        let mut prefix_then_zeros = h[..5].to_vec();
+        prefix_then_zeros.extend_from_slice(&[0; 40]);
+        assert_eq!(
+            check_segment_header(&prefix_then_zeros, 7),
+            HeaderCheck::Torn
+        );
+        let mut zeros_then_data = vec![0; 30];
+        zeros_then_data.push(1);
+        assert!(matches!(
+            check_segment_header(&zeros_then_data, 7),
+            HeaderCheck::Bad(_)
+        ));
         assert!(matches!(check_segment_header(&h, 8), HeaderCheck::Bad(_)));
         assert!(matches!(
             check_segment_header(b"PK\x03\x04 something else", 7),

@@ -60,3 +60,38 @@ pub fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files.sort();
     files
 }
+
+/// A scratch directory for tests that open a log thousands of times: in memory when the machine
+/// has a tmpfs at /dev/shm (every open fsyncs, which on a disk would dominate the test), else the
+/// usual temporary directory. What these tests check is the parsing, not the disk.
+pub fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        return Ok(dir);
+    }
+    tempfile::tempdir()
+}
+
+/// What a log holds, as far as a caller can see.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Seen {
+    pub first: u64,
+    pub last: u64,
+    pub compacted_term: u64,
+    pub entries: Vec<Entry>,
+    pub hard_state: HardState,
+    pub conf_state: raft::eraftpb::ConfState,
+}
+
+pub fn seen(log: &RaftLog) -> Result<Seen, LogError> {
+    Ok(Seen {
+        first: log.first_index(),
+        last: log.last_index(),
+        compacted_term: log.term(log.first_index() - 1)?,
+        entries: all_entries(log)?,
+        hard_state: log.hard_state().clone(),
+        conf_state: log.conf_state().clone(),
+    })
+}
