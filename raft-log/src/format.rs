@@ -59,8 +59,9 @@ pub(crate) struct SegmentState {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Record {
     State(SegmentState),
-    /// An entry; it replaces any entry at its index or later.
-    Entry(Entry),
+    /// An entry, by position only (recovery needs no more; reads decode the whole record). It
+    /// replaces any entry at its index or later.
+    Entry(Position),
     HardState(HardState),
     ConfState(ConfState),
     /// Entries up to and including this position are discarded.
@@ -332,7 +333,7 @@ pub(crate) fn decode_record(kind: u8, payload: &[u8]) -> Result<Record, String> 
                 conf_state,
             })
         }
-        Kind::Entry => return Ok(Record::Entry(parse(payload)?)),
+        Kind::Entry => return Ok(Record::Entry(entry_position(payload)?)),
         Kind::HardState => return Ok(Record::HardState(parse(payload)?)),
         Kind::ConfState => return Ok(Record::ConfState(parse(payload)?)),
         Kind::Compact => Record::Compact(r.position()?),
@@ -347,6 +348,36 @@ pub(crate) fn decode_record(kind: u8, payload: &[u8]) -> Result<Record, String> 
 /// Decodes an entry record's payload.
 pub(crate) fn decode_entry(payload: &[u8]) -> Result<Entry, String> {
     parse(payload)
+}
+
+/// An encoded entry's index and term (protobuf fields 3 and 2), read without decoding the rest:
+/// recovery reads every entry, and allocating its data only to drop it was most of the time
+/// it took.
+fn entry_position(payload: &[u8]) -> Result<Position, String> {
+    let mut r = Reader(payload);
+    let mut p = Position::default();
+    while !r.0.is_empty() {
+        let key = r.varint()?;
+        match (key >> 3, key & 7) {
+            (2, 0) => p.term = r.varint()?,
+            (3, 0) => p.index = r.varint()?,
+            (_, 0) => {
+                r.varint()?;
+            }
+            (_, 1) => {
+                r.take(8)?;
+            }
+            (_, 2) => {
+                let n = usize::try_from(r.varint()?).map_err(|_| "huge field".to_string())?;
+                r.take(n)?;
+            }
+            (_, 5) => {
+                r.take(4)?;
+            }
+            (field, wire) => return Err(format!("entry field {field} has wire type {wire}")),
+        }
+    }
+    Ok(p)
 }
 
 fn parse<M: protobuf::Message>(bytes: &[u8]) -> Result<M, String> {
@@ -376,6 +407,18 @@ impl<'a> Reader<'a> {
         let mut b = [0u8; 8];
         b.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(b))
+    }
+
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self.take(1)?.first().ok_or("empty")?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint over 10 bytes".into())
     }
 
     fn position(&mut self) -> Result<Position, String> {
@@ -415,7 +458,7 @@ mod tests {
                     ..Default::default()
                 },
             }),
-            Record::Entry(entry(10, 3, b"hello")),
+            Record::Entry(Position { index: 10, term: 3 }),
             Record::HardState(HardState {
                 term: 4,
                 ..Default::default()
@@ -429,10 +472,11 @@ mod tests {
         ]
     }
 
-    fn as_ref(r: &Record) -> RecordRef<'_> {
+    /// Encodes `r`; an entry record is encoded from `whole`.
+    fn as_ref<'a>(r: &'a Record, whole: &'a Entry) -> RecordRef<'a> {
         match r {
             Record::State(s) => RecordRef::State(s),
-            Record::Entry(e) => RecordRef::Entry(e),
+            Record::Entry(_) => RecordRef::Entry(whole),
             Record::HardState(h) => RecordRef::HardState(h),
             Record::ConfState(c) => RecordRef::ConfState(c),
             Record::Compact(p) => RecordRef::Compact(*p),
@@ -444,8 +488,9 @@ mod tests {
     fn every_record_round_trips_through_a_frame() -> Result<(), String> {
         let mut w = FrameWriter::default();
         let all = records();
+        let whole = entry(10, 3, b"hello");
         for (i, r) in all.iter().enumerate() {
-            w.push(as_ref(r), i + 1 == all.len())?;
+            w.push(as_ref(r, &whole), i + 1 == all.len())?;
         }
         let mut pos = 0;
         let mut back = Vec::new();
@@ -466,6 +511,28 @@ mod tests {
         let ends: Vec<bool> = back.iter().map(|(_, e)| *e).collect();
         assert_eq!(ends, [false, false, false, false, false, true]);
         assert_eq!(back.into_iter().map(|(r, _)| r).collect::<Vec<_>>(), all);
+        Ok(())
+    }
+
+    #[test]
+    fn an_entry_s_position_is_read_as_a_full_decode_reads_it() -> Result<(), String> {
+        let mut odd = entry(u64::MAX, 1 << 40, &[0xff; 300]);
+        odd.context = vec![7; 20].into();
+        odd.set_entry_type(raft::eraftpb::EntryType::EntryConfChangeV2);
+        odd.sync_log = true;
+        for e in [
+            entry(1, 1, b""),
+            entry(0, 0, b"x"),
+            entry(300, 2, &[0; 5000]),
+            odd,
+        ] {
+            let bytes = e.write_to_bytes().map_err(|e| e.to_string())?;
+            let full = decode_entry(&bytes)?;
+            assert_eq!(full, e);
+            let p = entry_position(&bytes)?;
+            assert_eq!((p.index, p.term), (e.index, e.term));
+            assert!(entry_position(&bytes[..bytes.len() - 1]).is_err());
+        }
         Ok(())
     }
 

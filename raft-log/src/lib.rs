@@ -31,7 +31,8 @@
 //!   [`LogError::Corrupt`] or [`LogError::MissingEntries`] and changes nothing on disk; no
 //!   garbage is ever returned as an entry.
 //! - [`RaftLog::compact`] takes effect at once for reads; the compaction record is durable with
-//!   the next sync, and freed segment files are deleted by that sync, after the fsync.
+//!   the next sync, and the segment files it freed are deleted only after that sync's fsync
+//!   (by a thread of the log's own unless [`Options::remove_in_background`] is off).
 //! - After any failed write or fsync the log refuses further writes ([`LogError::Failed`]):
 //!   what reached the disk is unknown until it is reopened.
 //! - A snapshot's data is not in this log. To install one, store the state machine's image

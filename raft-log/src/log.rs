@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
 
 use raft::eraftpb::{ConfState, Entry, HardState};
 
@@ -22,8 +23,16 @@ pub struct Options {
     /// Compaction frees disk space a whole segment at a time, and recovery reads every segment
     /// that is still there, so this bounds both.
     pub segment_bytes: u64,
-    /// How many bytes of the newest entries to keep decoded in memory for reads.
+    /// How many bytes of the newest entries to keep decoded in memory for reads. The cache
+    /// holds entries written since the log was opened (recovery reads only positions, which
+    /// keeps it fast); older ones are read from the segment files.
     pub cache_bytes: usize,
+    /// Remove segment files freed by compaction on a thread of the log's own instead of in
+    /// [`RaftLog::sync`]: a removal costs milliseconds on ext4 (the blocks are freed, and
+    /// trimmed under `-o discard`), which a Raft loop should not wait for. Failures are
+    /// collected for [`RaftLog::take_removal_errors`]; a file left behind is removed at the
+    /// next open.
+    pub remove_in_background: bool,
 }
 
 impl Default for Options {
@@ -31,6 +40,63 @@ impl Default for Options {
         Options {
             segment_bytes: 32 << 20,
             cache_bytes: 32 << 20,
+            remove_in_background: true,
+        }
+    }
+}
+
+/// The thread that removes freed segment files.
+#[derive(Debug)]
+struct Janitor {
+    files: mpsc::Sender<PathBuf>,
+    errors: Arc<Mutex<Vec<LogError>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Janitor {
+    fn start() -> std::io::Result<Janitor> {
+        let (files, queue) = mpsc::channel::<PathBuf>();
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let report = errors.clone();
+        let thread = std::thread::Builder::new()
+            .name("raft-log-janitor".into())
+            .spawn(move || {
+                // Ends when the log (the sender) is dropped and the queue is empty.
+                for path in queue {
+                    if let Err(e) = remove_segment(&path) {
+                        report.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                    }
+                }
+            })?;
+        Ok(Janitor {
+            files,
+            errors,
+            thread,
+        })
+    }
+
+    /// Lets the queued removals finish. A log reopened in the same process must not list a
+    /// file that is about to go.
+    fn finish(self) {
+        drop(self.files);
+        // A panic on the thread has nothing to report beyond the files it left, which the
+        // next open removes.
+        let _ = self.thread.join();
+    }
+}
+
+fn remove_segment(path: &Path) -> Result<(), LogError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(LogError::io("remove", path, e)),
+    }
+}
+
+impl Drop for RaftLog {
+    fn drop(&mut self) {
+        if let Some(janitor) = self.janitor.take() {
+            janitor.finish();
         }
     }
 }
@@ -83,6 +149,8 @@ pub struct RaftLog {
     doomed: Vec<PathBuf>,
     /// The first write or sync failure; the log takes no more writes after one.
     failed: Option<String>,
+    /// Started at the first background removal.
+    janitor: Option<Janitor>,
     writer: FrameWriter,
     recovery: Recovery,
 }
@@ -155,6 +223,7 @@ impl RaftLog {
             dir_unsynced: false,
             doomed: Vec::new(),
             failed: None,
+            janitor: None,
             writer: FrameWriter::default(),
             recovery: Recovery::default(),
         };
@@ -315,38 +384,28 @@ impl RaftLog {
         follows_replayed: bool,
     ) -> Result<(), String> {
         match record {
-            Record::Entry(entry) => {
+            Record::Entry(p) => {
                 let slot = Slot {
-                    term: entry.term,
+                    term: p.term,
                     segment: seq,
                     offset: at as u64,
                     len,
                 };
                 self.index.apply(Change::Entry {
-                    index: entry.index,
+                    index: p.index,
                     slot,
                 })?;
-                self.cache.push(entry);
             }
             Record::State(state) => {
                 self.index.apply(Change::State {
                     state: &state,
                     follows_replayed,
                 })?;
-                if !follows_replayed {
-                    self.cache.clear();
-                }
             }
             Record::HardState(hs) => self.index.apply(Change::HardState(&hs))?,
             Record::ConfState(cs) => self.index.apply(Change::ConfState(&cs))?,
-            Record::Compact(p) => {
-                self.index.apply(Change::Compact(p))?;
-                self.cache.compact(p.index + 1);
-            }
-            Record::Restore(p) => {
-                self.index.apply(Change::Restore(p))?;
-                self.cache.clear();
-            }
+            Record::Compact(p) => self.index.apply(Change::Compact(p))?,
+            Record::Restore(p) => self.index.apply(Change::Restore(p))?,
         }
         Ok(())
     }
@@ -586,8 +645,9 @@ impl RaftLog {
     }
 
     /// Makes everything written so far durable: one `fdatasync` of the active segment (plus
-    /// an fsync of the directory when a segment file was created since the last sync), then
-    /// removes the segment files that compaction freed.
+    /// an fsync of the directory when a segment file was created since the last sync). Then
+    /// the segment files that compaction freed are removed, or handed to the removal thread
+    /// (see [`Options::remove_in_background`]).
     pub fn sync(&mut self) -> Result<(), LogError> {
         self.usable()?;
         self.sync_active().map_err(|e| self.fail(e))?;
@@ -595,15 +655,47 @@ impl RaftLog {
             sync_dir(&self.dir).map_err(|e| self.fail(e))?;
             self.dir_unsynced = false;
         }
-        while let Some(path) = self.doomed.last() {
-            match fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(LogError::io("remove", path, e)),
+        self.remove_doomed()
+    }
+
+    /// Removes the segment files freed by compactions now durable.
+    fn remove_doomed(&mut self) -> Result<(), LogError> {
+        if self.doomed.is_empty() {
+            return Ok(());
+        }
+        if self.options.remove_in_background && self.janitor.is_none() {
+            // Without the thread, removal falls back to this one.
+            self.janitor = Janitor::start().ok();
+        }
+        if let Some(janitor) = self
+            .janitor
+            .as_ref()
+            .filter(|_| self.options.remove_in_background)
+        {
+            while let Some(path) = self.doomed.pop() {
+                if let Err(mpsc::SendError(path)) = janitor.files.send(path) {
+                    self.doomed.push(path);
+                    if let Some(gone) = self.janitor.take() {
+                        gone.finish();
+                    }
+                    break;
+                }
             }
+        }
+        while let Some(path) = self.doomed.last() {
+            remove_segment(path)?;
             self.doomed.pop();
         }
         Ok(())
+    }
+
+    /// Failures of background removals since the last call (see
+    /// [`Options::remove_in_background`]). None of them affects durability.
+    pub fn take_removal_errors(&mut self) -> Vec<LogError> {
+        match &self.janitor {
+            Some(j) => std::mem::take(&mut *j.errors.lock().unwrap_or_else(|p| p.into_inner())),
+            None => Vec::new(),
+        }
     }
 
     /// Appends entries (see [`LogBatch::append`]) in a batch of their own.

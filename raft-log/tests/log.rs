@@ -123,6 +123,37 @@ fn compaction_deletes_whole_segments_at_the_next_sync_and_the_log_reopens() -> R
 }
 
 #[test]
+fn freed_segments_are_removed_in_the_background_by_default() -> Result {
+    let dir = tempfile::tempdir()?;
+    let options = Options {
+        remove_in_background: true,
+        ..small()
+    };
+    let mut log = RaftLog::open(dir.path(), options.clone())?;
+    for i in 1..=100 {
+        log.append(&[entry(i, 1)])?;
+    }
+    log.sync()?;
+    let before = segment_files(dir.path()).len();
+    log.compact(95)?;
+    log.sync()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while segment_files(dir.path()).len() != log.segment_count() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "files were not removed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(log.segment_count() < before / 2);
+    assert!(log.take_removal_errors().is_empty());
+    drop(log);
+    let log = RaftLog::open(dir.path(), options)?;
+    assert_eq!(all_entries(&log)?, entries(95..=100, 1));
+    Ok(())
+}
+
+#[test]
 fn segments_freed_by_a_compaction_that_was_never_synced_go_at_the_next_open() -> Result {
     let dir = tempfile::tempdir()?;
     {

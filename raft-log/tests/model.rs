@@ -184,6 +184,7 @@ fn options() -> impl Strategy<Value = Options> {
         .prop_map(|(segment_bytes, cache_bytes)| Options {
             segment_bytes,
             cache_bytes,
+            ..Options::default()
         })
 }
 

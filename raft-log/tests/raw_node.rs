@@ -130,6 +130,7 @@ fn options() -> Options {
     Options {
         segment_bytes: 4096,
         cache_bytes: 8192,
+        ..Options::default()
     }
 }
 

@@ -29,11 +29,13 @@ pub fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
     }
 }
 
-/// Small segments, so that a few entries span several files.
+/// Small segments, so that a few entries span several files; freed files are removed by the
+/// sync that frees them, so tests can count files right after it.
 pub fn small() -> Options {
     Options {
         segment_bytes: 512,
         cache_bytes: 1024,
+        remove_in_background: false,
     }
 }
 
