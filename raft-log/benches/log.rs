@@ -30,22 +30,25 @@
 //! here: fsync costs what it costs).
 //!
 //! Measured on the project's 2-core VM (ext4 on a virtio disk whose fdatasync took from 0.1 ms
-//! to 3.5 ms depending on the minute; two other engineers' builds running), two runs, CPU of
-//! all threads per Ready, ours / raft-engine / sled:
+//! to 3.5 ms depending on the minute; two other engineers' builds running), two runs of the
+//! printed comparison, CPU of all threads per Ready, ours / raft-engine / sled:
 //!
 //! ```text
-//! batch 1      27.5 / 23.6 / 174.5 µs     35.4 / 29.5 / 208.5 µs
-//! batch 16     45.3 / 51.6 / 297.6 µs     61.5 / 56.8 / 371.5 µs
-//! batch 256   283.3 / 301.1 / 2607 µs    408.3 / 441.8 / 3408 µs
-//! compaction  711 / 169 / 10627 µs       831 / 209 / 12650 µs   (+ the next Ready of 16)
+//! batch 1      40.8 /  37.2 /  237.0 µs      58.4 /  53.0 /  230.1 µs
+//! batch 16     80.1 / 112.5 /  469.5 µs     126.1 / 117.5 /  537.4 µs
+//! batch 256   442.2 / 518.6 / 3495.8 µs     459.2 / 539.9 / 3928.6 µs
+//! compaction  894.7 / 285.6 / 13695 µs      984.1 / 278.2 / 14680 µs
+//!   (2,000 entries, default file sizes, + the next Ready of 16; ours without its entry
+//!   cache: 250.5 and 254.0 µs)
 //! ```
 //!
-//! Wall p50 per Ready followed the same order (sled 2–5× the others). Reading the newest 16 /
-//! 256 entries: ours 0.9–1.2 / 13–22 µs from its cache, 5–10 / 89–142 µs from the file;
-//! raft-engine 3.9–9.3 / 90–173 µs; sled 15–17 / 190–332 µs. Reopening 50,000 entries: ours
-//! 13–15 ms, raft-engine 4.4–4.8 ms. Compaction costs ours more than raft-engine because ours
-//! unlinks freed files (about 3 ms of kernel time each here, on its removal thread, and the
-//! next fsync commits the journal with it) where raft-engine recycles them.
+//! Wall p50 per Ready followed the same order (sled 2.5–5× the others). Compaction costs ours
+//! more with its cache on: it frees the ~1,900 cached entries it drops (about 0.3 µs each),
+//! which raft-engine never holds (TiKV keeps its own entry cache above it); without the cache
+//! it is at raft-engine's figure. In the criterion groups (earlier runs, same code paths):
+//! reading the newest 16 / 256 entries, ours 0.9–1.2 / 13–22 µs from its cache and 5–10 /
+//! 89–142 µs from the file, raft-engine 3.9–9.3 / 90–173 µs, sled 15–17 / 190–332 µs;
+//! reopening 50,000 entries, ours 13–15 ms and raft-engine 4.4–4.8 ms.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -428,7 +431,9 @@ fn bench_reopen<L: Log>(c: &mut Criterion, name: &str) {
     group.finish();
 }
 
-/// CPU time of every thread of this process so far, in nanoseconds (Linux schedstat).
+/// CPU time of every thread of this process so far, in nanoseconds (Linux schedstat). A
+/// running thread's figure moves only at scheduler events, so single short operations read as
+/// 0 or as a whole slice: only sums over many of them mean something.
 fn cpu_ns() -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
@@ -467,9 +472,9 @@ fn round<L: Log>(n: u64, readies: u64, tally: &mut Tally) {
 
 /// One round of compactions on one log: `cycles` times 2,000 entries appended (untimed), then
 /// compaction and the next Ready.
-fn compaction_round<L: Log>(cycles: u64, tally: &mut Tally) {
+fn compaction_round<L: Log>(cycles: u64, small_files: bool, tally: &mut Tally) {
     let dir = tempdir();
-    let mut log = L::open(dir.path(), true);
+    let mut log = L::open(dir.path(), small_files);
     for _ in 0..cycles {
         for _ in 0..2_000 / 16 {
             let next = log.last_index() + 1;
@@ -527,28 +532,35 @@ fn compare(_: &mut Criterion) {
             );
         }
     }
-    let mut tallies: [Tally; 3] = Default::default();
-    for r in 0..2 {
-        for k in 0..3 {
-            match (r + k) % 3 {
-                0 => compaction_round::<Ours>(8, &mut tallies[0]),
-                1 => compaction_round::<Engine>(8, &mut tallies[1]),
-                _ => compaction_round::<Sled>(8, &mut tallies[2]),
+    const NO_CACHE: &str = "(no cache)";
+    for (small_files, files) in [(true, "1 MiB files"), (false, "default file sizes")] {
+        let mut tallies: [Tally; 4] = Default::default();
+        for r in 0..2 {
+            for k in 0..4 {
+                match (r + k) % 4 {
+                    0 => compaction_round::<Ours>(8, small_files, &mut tallies[0]),
+                    1 => compaction_round::<Uncached>(8, small_files, &mut tallies[1]),
+                    2 => compaction_round::<Engine>(8, small_files, &mut tallies[2]),
+                    _ => compaction_round::<Sled>(8, small_files, &mut tallies[3]),
+                }
             }
         }
-    }
-    println!("compaction of 2,000 entries + the next Ready of 16 (1 MiB files), 2 rounds of 8");
-    let sled_cpu = tallies[2].cpu_ns as f64 / tallies[2].readies.max(1) as f64;
-    for (name, t) in [OURS, ENGINE, SLED].iter().zip(tallies.iter_mut()) {
-        t.wall.sort();
-        let cpu = t.cpu_ns as f64 / t.readies.max(1) as f64;
-        println!(
-            "       {name:<16} {:>7.2}ms {:>7.2}ms {:>8.1}µs              (CPU {:.2}× sled's)",
-            percentile(&t.wall, 0.5).as_secs_f64() * 1e3,
-            percentile(&t.wall, 0.9).as_secs_f64() * 1e3,
-            cpu / 1e3,
-            cpu / sled_cpu,
-        );
+        println!("compaction of 2,000 entries + the next Ready of 16 ({files}), 2 rounds of 8");
+        let sled_cpu = tallies[3].cpu_ns as f64 / tallies[3].readies.max(1) as f64;
+        for (name, t) in [OURS, NO_CACHE, ENGINE, SLED]
+            .iter()
+            .zip(tallies.iter_mut())
+        {
+            t.wall.sort();
+            let cpu = t.cpu_ns as f64 / t.readies.max(1) as f64;
+            println!(
+                "       {name:<16} {:>7.2}ms {:>7.2}ms {:>8.1}µs              (CPU {:.2}× sled's)",
+                percentile(&t.wall, 0.5).as_secs_f64() * 1e3,
+                percentile(&t.wall, 0.9).as_secs_f64() * 1e3,
+                cpu / 1e3,
+                cpu / sled_cpu,
+            );
+        }
     }
 }
 

@@ -193,12 +193,16 @@ enum Replayed {
 impl RaftLog {
     /// Opens the log in `dir`, creating the directory and an empty log if there is none.
     ///
-    /// Recovery reads every segment, checks every record's CRC, and rebuilds the index and
-    /// the cache of recent entries. A batch that the process was writing when it stopped
-    /// (incomplete or damaged records at the end of the last segment, with nothing intact
-    /// after them) is cut off the file. Damage anywhere else is [`LogError::Corrupt`], and
-    /// nothing is changed on disk. What was recovered is then fsynced before this returns, so
-    /// that nothing is decided on state a power loss could still take back.
+    /// Recovery reads every segment, checks every record's CRC, and rebuilds the index
+    /// (entry positions only; the cache fills with what is written from now on). A batch that
+    /// the process was writing when it stopped (incomplete or damaged records at the end of the
+    /// last segment, with nothing intact after them) is cut off the file. Damage anywhere else
+    /// is [`LogError::Corrupt`], and nothing is changed on disk: a process crash never leaves
+    /// intact records after damaged ones (the page cache keeps a file's writes), so silently
+    /// cutting there could drop synced entries. (A power loss while an unsynced batch of
+    /// several pages was being written back could leave such a hole too; that is also
+    /// refused, for an operator or the peers to settle.) What was recovered is fsynced before
+    /// this returns, so that nothing is decided on state a power loss could still take back.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<RaftLog, LogError> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(|e| LogError::io("create directory", &dir, e))?;
