@@ -53,12 +53,29 @@ pub struct SubscriptionSet {
     /// Prefix subscriptions, one per target (expected to be few).
     prefixes: Vec<SubscriptionSpec>,
     last: HashMap<MapKey, u64>,
+    /// Whether CAs' private state maps may be followed (admins only); else prefix
+    /// subscriptions leave them out.
+    private_ok: bool,
 }
 
 impl SubscriptionSet {
+    /// A set for a stream whose token may (`private_ok`) or may not follow CAs' private state
+    /// maps.
+    pub fn new(private_ok: bool) -> Self {
+        Self {
+            private_ok,
+            ..Self::default()
+        }
+    }
+
+    fn visible(&self, key: &MapKey) -> bool {
+        self.private_ok || !key.map.is_private_state()
+    }
+
     /// Whether the stream follows `key`.
     pub fn follows(&self, key: &MapKey) -> bool {
-        self.exact.contains(key) || self.prefixes.iter().any(|p| p.covers(key))
+        self.visible(key)
+            && (self.exact.contains(key) || self.prefixes.iter().any(|p| p.covers(key)))
     }
 
     /// Number of maps with a delivered version.
@@ -73,6 +90,7 @@ impl SubscriptionSet {
             let keys: Vec<MapKey> = state
                 .with_prefix(&f.app, &f.map)
                 .map(|(k, _)| k.clone())
+                .filter(|k| self.visible(k))
                 .collect();
             for key in keys {
                 self.catch_up(&key, f.from_version, state, &mut out);
@@ -86,6 +104,12 @@ impl SubscriptionSet {
                 .parse()
                 .map_err(|e: sharing_map::NameError| e.to_string())?;
             let key = MapKey { app: f.app, map };
+            if !self.visible(&key) {
+                return Err(format!(
+                    "map {} is a CA's private state: only admin tokens may follow it",
+                    key.map
+                ));
+            }
             self.exact.insert(key.clone());
             self.catch_up(&key, f.from_version, state, &mut out);
         }
@@ -216,7 +240,7 @@ pub async fn run_session(
     metrics.subscribers.inc();
     // Subscribe to events before reading any state, so nothing falls between the two.
     let mut events = node.events();
-    let mut set = SubscriptionSet::default();
+    let mut set = SubscriptionSet::new(access.sees_private());
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     let mut sent_since_tick = false;
     let mut inbound_open = true;
@@ -234,6 +258,11 @@ pub async fn run_session(
                         Some(pb::subscribe_request::Op::Add(s)) => {
                             match follow_from_pb(s).and_then(|f| {
                                 access.read(&f.app)?;
+                                if !f.prefix
+                                    && let Ok(map) = f.map.parse::<sharing_map::MapName>()
+                                {
+                                    access.read_map(&f.app, &map)?;
+                                }
                                 set.add(f, &state).map_err(tonic::Status::invalid_argument)
                             }) {
                                 Ok(outs) => outs,
@@ -409,6 +438,33 @@ mod tests {
             prefix,
             from_version: from,
         }
+    }
+
+    #[test]
+    fn private_state_maps_are_followed_only_by_admins() -> Result<(), String> {
+        let mut w = World::new(3);
+        w.create("bob-tv-x");
+        w.create("bob-tv-castate");
+        let mut set = SubscriptionSet::default();
+        let outs = set.add(follow("bob-tv", true, None), &w.state)?;
+        assert_eq!(
+            versions(&outs),
+            ["s0"],
+            "the prefix leaves the private map out"
+        );
+        assert!(versions(&set.on_event(&w.put("bob-tv-castate", 1), &w.state)).is_empty());
+        assert_eq!(
+            versions(&set.on_event(&w.put("bob-tv-x", 1), &w.state)),
+            ["d1"]
+        );
+        assert!(
+            set.add(follow("bob-tv-castate", false, None), &w.state)
+                .is_err()
+        );
+        let mut admin = SubscriptionSet::new(true);
+        let outs = admin.add(follow("bob-tv", true, None), &w.state)?;
+        assert_eq!(outs.len(), 2);
+        Ok(())
     }
 
     #[test]
