@@ -23,8 +23,24 @@ enum Command {
     /// Serves the apps of the host description (by default `demo-counter`) to clients on
     /// --listen, checkpointing every turn in the Spine at --spine before replying.
     Serve(ServeArgs),
+    /// Runs the whole development system in one process: the 3-node dev Spine (as `spine dev`
+    /// does: data, credentials and admin token in --data-dir, resumed when run again) and a CA
+    /// host serving the example apps on --listen (127.0.0.1:7601).
+    Dev(DevArgs),
     /// Prints the fully resolved host description `serve` would build, or why it cannot.
     Check(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct DevArgs {
+    /// Directory for the dev Spine's data and credentials.
+    #[arg(long, default_value = "spine-data")]
+    data_dir: PathBuf,
+    /// Port of Spine node 1; nodes 2 and 3 use the next two, their metrics the ports 10 above.
+    #[arg(long, default_value_t = 7401)]
+    base_port: u16,
+    #[command(flatten)]
+    host: ServeArgs,
 }
 
 /// Every flag overrides one env value of the host description (its default is there, also
@@ -216,6 +232,7 @@ impl ServeArgs {
     }
 }
 
+/// Builds the host from its description and supervises it until Ctrl-C.
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let description = args.description()?;
     if let Some(path) = description
@@ -256,6 +273,48 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     outcome.map_err(|e| anyhow::anyhow!("the host could not be kept running: {e}"))
 }
 
+async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
+    let options = spine_server::dev::DevOptions {
+        data_dir: args.data_dir.clone(),
+        base_port: args.base_port,
+        tls: false,
+    };
+    let cluster =
+        spine_server::dev::DevCluster::start(&options, |id| spine_server::node::NodeConfig {
+            id,
+            ..Default::default()
+        })
+        .await?;
+    let endpoints = cluster.endpoints();
+    println!(
+        "ca-host dev: Spine of 3 nodes {} from {} on {}",
+        if cluster.resumed {
+            "resumed"
+        } else {
+            "started"
+        },
+        args.data_dir.display(),
+        endpoints.join(",")
+    );
+    let host = &mut args.host;
+    host.spine.get_or_insert_with(|| endpoints.join(","));
+    host.spine_token_file
+        .get_or_insert_with(|| cluster.credentials.admin_token.clone());
+    if !host.no_auth {
+        host.root_key_file
+            .get_or_insert_with(|| cluster.credentials.root_pub.clone());
+    }
+    println!(
+        "admin token {} (ca and spinectl run from this directory find it)",
+        cluster.credentials.admin_token.display()
+    );
+    println!("try: ca call demo-counter alice-phone increment");
+    let served = serve(args.host).await;
+    println!("ca-host dev: stopping");
+    cluster.stop().await;
+    served
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run().await {
@@ -280,6 +339,7 @@ async fn run() -> anyhow::Result<()> {
     std::panic::set_hook(Box::new(|info| tracing::error!(%info, "panic")));
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
+        Command::Dev(args) => dev(args).await,
         Command::Check(args) => {
             let d = args.description()?;
             println!("{}", serde_json::to_string_pretty(&d.to_value())?);

@@ -47,6 +47,7 @@
 
 pub mod auth;
 pub mod credentials;
+pub mod dev;
 pub mod logging;
 pub mod metrics;
 pub mod network;

@@ -352,56 +352,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
-    let ports: Vec<u16> = (0..3).map(|i| args.base_port + i).collect();
-    let peers: BTreeMap<u64, String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (i as u64 + 1, format!("127.0.0.1:{p}")))
-        .collect();
-    let resuming = args.data_dir.exists();
-    let (creds, _) = credentials::init(&args.data_dir)
-        .with_context(|| format!("creating credentials in {}", args.data_dir.display()))?;
-    let tls = if args.tls {
-        let (tls, _) = credentials::init_tls(&args.data_dir, &[])
-            .with_context(|| format!("creating TLS certificates in {}", args.data_dir.display()))?;
-        Some(tls)
-    } else {
-        None
+    let options = spine_server::dev::DevOptions {
+        data_dir: args.data_dir.clone(),
+        base_port: args.base_port,
+        tls: args.tls,
     };
-    let security = AuthArgs {
-        root_key_file: Some(creds.root_pub.clone()),
-        peer_token_file: Some(creds.admin_token.clone()),
-        no_auth: false,
-        tls_cert: tls.as_ref().map(|t| t.node_cert.clone()),
-        tls_key: tls.as_ref().map(|t| t.node_key.clone()),
-        tls_ca: tls.as_ref().map(|t| t.ca_cert.clone()),
-    }
-    .security()?;
-    let mut servers = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let id = i as u64 + 1;
-        let server = server::start(ServeConfig {
-            node: args.tuning.node_config(id),
-            listen: SocketAddr::from(([127, 0, 0, 1], *port)),
-            peers: peers.clone(),
-            join: false,
-            data_dir: args.data_dir.join(format!("node{id}")),
-            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], port + 10))),
-            security: security.clone(),
-        })
-        .await
-        .with_context(|| {
-            format!("starting dev node {id} on port {port} (is another `spine dev` running?)")
-        })?;
-        servers.push(server);
-    }
+    let cluster =
+        spine_server::dev::DevCluster::start(&options, |id| args.tuning.node_config(id)).await?;
+    let resuming = cluster.resumed;
+    let creds = cluster.credentials.clone();
+    let tls = cluster.tls.clone();
+    let servers = &cluster.servers;
     let endpoints: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
     println!(
         "spine dev: 3 nodes {} from {}",
         if resuming { "resumed" } else { "started" },
         args.data_dir.display()
     );
-    for s in &servers {
+    for s in servers {
         println!(
             "  node {}  grpc {}  metrics http://{}/metrics",
             s.node().id(),
@@ -427,9 +395,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     );
     shutdown_signal().await?;
     println!("spine dev: stopping");
-    for s in servers {
-        s.stop().await;
-    }
+    cluster.stop().await;
     Ok(())
 }
 

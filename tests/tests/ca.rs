@@ -760,3 +760,79 @@ async fn a_multi_call_is_one_transaction() -> anyhow::Result<()> {
     assert_eq!(r.result, json!(3), "the last result, after both calls");
     Ok(())
 }
+
+/// A block of ports for `ca-host dev`: three Spine ports, their metrics ports 10 above.
+fn dev_ports() -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let base = spine_tests::free_port()?;
+        if base > 65000 {
+            continue;
+        }
+        let free = [0, 1, 2, 10, 11, 12]
+            .iter()
+            .all(|d| std::net::TcpListener::bind(("127.0.0.1", base + d)).is_ok());
+        if free {
+            return Ok(base);
+        }
+    }
+    anyhow::bail!("no free block of ports for the dev cluster")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_system_runs_from_one_command_and_keeps_counts_across_kill_9() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let base = dev_ports()?;
+    let listen = format!("127.0.0.1:{}", spine_tests::free_port()?);
+    let start = || -> anyhow::Result<tokio::process::Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("dev.log"))?;
+        Ok(tokio::process::Command::new(spine_tests::bin("ca-host")?)
+            .args(["dev", "--base-port", &base.to_string(), "--listen", &listen])
+            .current_dir(dir.path())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?)
+    };
+    // The `ca` command, run in the dev directory: it finds spine-data/admin.token there.
+    let ca = |args: Vec<String>| {
+        let listen = listen.clone();
+        let dir = dir.path().to_path_buf();
+        async move {
+            let out = tokio::process::Command::new(spine_tests::bin("ca").ok()?)
+                .args(["--endpoint", &listen, "call", APP, "alice-phone"])
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .await
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        }
+    };
+    let mut dev = start()?;
+    let first = eventually("the dev system to answer", Duration::from_secs(60), || {
+        ca(vec!["increment".into()])
+    })
+    .await?;
+    assert_eq!(first, "1");
+    assert_eq!(
+        ca(vec!["increment".into(), "4".into()]).await.as_deref(),
+        Some("5")
+    );
+    dev.start_kill()?;
+    dev.wait().await?;
+    let _dev = start()?;
+    let after = eventually(
+        "the restarted dev system to answer",
+        Duration::from_secs(60),
+        || ca(vec!["get".into()]),
+    )
+    .await?;
+    assert_eq!(after, "5", "the count the CA had before kill -9");
+    Ok(())
+}
