@@ -251,6 +251,8 @@ impl Activation {
                 arrived,
             } => {
                 let (app, ca) = self.ids();
+                let method = calls.first().map(|c| c.method.as_str()).unwrap_or_default();
+                let _turn = tracing::debug_span!("turn", method, calls = calls.len()).entered();
                 let outcome = working.run_calls(
                     &*self.app,
                     Ids { app: &app, ca: &ca },
