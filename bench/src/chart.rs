@@ -19,6 +19,8 @@ fn color(system: System) -> &'static str {
     match system {
         System::Etcd => "#d1495b",
         System::Spine => "#00798c",
+        System::Cafjs => "#edae49",
+        System::CaHost => "#30638e",
     }
 }
 
@@ -43,7 +45,7 @@ pub fn svg(report: &SuiteReport) -> Option<String> {
         .rows()
         .into_iter()
         .filter(|(w, p)| {
-            [System::Etcd, System::Spine].iter().any(|s| {
+            System::ALL.iter().any(|s| {
                 report
                     .find(w, p, *s)
                     .and_then(|m| m.latency.as_ref())
@@ -64,7 +66,7 @@ pub fn svg(report: &SuiteReport) -> Option<String> {
     );
     let _ = writeln!(
         out,
-        r#"<rect width="100%" height="100%" fill="white"/><text x="12" y="22" font-size="15" font-weight="bold">Latency distributions: Spine vs etcd (percentile curves, log scale)</text>"#
+        r#"<rect width="100%" height="100%" fill="white"/><text x="12" y="22" font-size="15" font-weight="bold">Latency distributions: Spine vs etcd, CA host vs Caf.js (percentile curves, log scale)</text>"#
     );
     for (i, (workload, parameter)) in panels.iter().enumerate() {
         let ox = (i % COLUMNS) as f64 * PANEL_W;
@@ -83,7 +85,7 @@ fn panel(
     ox: f64,
     oy: f64,
 ) {
-    let curves: Vec<(System, &Vec<(f64, f64)>)> = [System::Etcd, System::Spine]
+    let curves: Vec<(System, &Vec<(f64, f64)>)> = System::ALL
         .into_iter()
         .filter_map(|s| {
             let m = report.find(workload, parameter, s)?;
@@ -106,6 +108,8 @@ fn panel(
     let title = match workload {
         "write" => format!("write latency, {parameter}"),
         "propagation" => format!("propagation (ack → visible), {parameter}"),
+        "write-batch" => format!("batch latency, {parameter}"),
+        "ca" => format!("turn latency, {parameter}"),
         _ => format!("{workload}, {parameter}"),
     };
     let _ = writeln!(

@@ -110,6 +110,47 @@ impl EtcdConn {
         revision(answer.header.as_ref()).map(Some)
     }
 
+    /// Puts every `(key, mod_revision, value)` in one txn, if every key's mod revision is still
+    /// the one given; returns the txn's revision (every key's new mod revision), or `None` when
+    /// a compare failed (then nothing was put).
+    pub async fn cas_all(&self, writes: &[(&[u8], i64, &[u8])]) -> anyhow::Result<Option<i64>> {
+        let compare = writes
+            .iter()
+            .map(|&(key, mod_revision, _)| pb::Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Mod as i32,
+                key: key.to_vec(),
+                target_union: Some(TargetUnion::ModRevision(mod_revision)),
+                range_end: Vec::new(),
+            })
+            .collect();
+        let success = writes
+            .iter()
+            .map(|&(key, _, value)| pb::RequestOp {
+                request: Some(Request::RequestPut(pb::PutRequest {
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        let answer = self
+            .kv()
+            .txn(pb::TxnRequest {
+                compare,
+                success,
+                failure: Vec::new(),
+            })
+            .await
+            .with_context(|| format!("etcd txn on {}", self.endpoint))?
+            .into_inner();
+        if !answer.succeeded {
+            return Ok(None);
+        }
+        // One txn is one revision: every key it put has it as its mod revision.
+        revision(answer.header.as_ref()).map(Some)
+    }
+
     /// Every key with `prefix` (linearizable); returns the keys and values and the revision
     /// the read saw.
     pub async fn list_prefix(&self, prefix: &[u8]) -> anyhow::Result<(Vec<pb::KeyValue>, i64)> {

@@ -2,7 +2,8 @@
 //!
 //! - `spine-bench suite` drives a 3-node Spine cluster and a 3-member etcd cluster (both started
 //!   here, or given by endpoints) with the same load generator and payloads, alternating between
-//!   them, and writes a Markdown table of ratios, JSON and an SVG of latency distributions.
+//!   them, and writes a Markdown table of ratios, JSON and an SVG of latency distributions. Its
+//!   `ca` workload compares a CA host checkpointing in that Spine with Caf.js on Redis.
 //!   `--smoke` runs the same code paths with tiny parameters in seconds, for CI.
 //! - `spine-bench propagation` measures only Spine's writer-ack → node-agent latency and the
 //!   agent's memory per followed map.
@@ -28,7 +29,7 @@ use sharing_map::{AppName, MapName};
 
 use crate::cluster::SpineTarget;
 
-/// Cluster benchmarks of Spine, side by side with etcd.
+/// Cluster benchmarks of Spine, side by side with etcd (and of the CA host, with Caf.js).
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {

@@ -58,6 +58,37 @@ pub fn total_cpu(pids: &[u32]) -> anyhow::Result<f64> {
     pids.iter().map(|&p| cpu_seconds(p)).sum()
 }
 
+/// CPU seconds used by each of `pids` over a window: [`start`](CpuWindow::start) it, then
+/// [`seconds`](CpuWindow::seconds) gives each process's use since, in the order given.
+#[derive(Clone, Debug)]
+pub struct CpuWindow {
+    pids: Vec<u32>,
+    before: Vec<f64>,
+}
+
+impl CpuWindow {
+    /// Reads the CPU time of every process in `pids` now.
+    pub fn start(pids: &[u32]) -> anyhow::Result<Self> {
+        let before = pids
+            .iter()
+            .map(|&p| cpu_seconds(p))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            pids: pids.to_vec(),
+            before,
+        })
+    }
+
+    /// CPU seconds each process used since [`start`](Self::start).
+    pub fn seconds(&self) -> anyhow::Result<Vec<f64>> {
+        self.pids
+            .iter()
+            .zip(&self.before)
+            .map(|(&p, before)| Ok(cpu_seconds(p)? - before))
+            .collect()
+    }
+}
+
 /// CPU seconds used by this process.
 pub fn own_cpu() -> anyhow::Result<f64> {
     cpu_seconds(std::process::id())
@@ -81,6 +112,9 @@ mod tests {
         assert!(rss_bytes(std::process::id())? > 0);
         assert!(own_cpu()? >= 0.0);
         assert!(alive(std::process::id()));
+        let window = CpuWindow::start(&[std::process::id()])?;
+        assert!(window.seconds()?.iter().all(|s| *s >= 0.0));
+        assert!(CpuWindow::start(&[u32::MAX]).is_err());
         assert!(!alive(u32::MAX));
         Ok(())
     }

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::stats::Summary;
 
-/// A system under test.
+/// A system under test. Workloads compare pairs: Spine with etcd, and (the `ca` workload) the
+/// CA host on the Spine with Caf.js.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum System {
@@ -15,15 +16,42 @@ pub enum System {
     Etcd,
     /// Spine.
     Spine,
+    /// Caf.js (caf_core on node, checkpointing in Redis).
+    Cafjs,
+    /// The CA runtime's `ca-host`, checkpointing in the Spine.
+    CaHost,
 }
 
 impl System {
+    /// Every system.
+    pub const ALL: [System; 4] = [System::Etcd, System::Spine, System::Cafjs, System::CaHost];
+
     /// The system's name for people.
     pub fn name(self) -> &'static str {
         match self {
             System::Etcd => "etcd",
             System::Spine => "Spine",
+            System::Cafjs => "Caf.js",
+            System::CaHost => "CA host",
         }
+    }
+
+    /// The name `--systems` takes.
+    pub fn flag(self) -> &'static str {
+        match self {
+            System::Etcd => "etcd",
+            System::Spine => "spine",
+            System::Cafjs => "cafjs",
+            System::CaHost => "ca-host",
+        }
+    }
+}
+
+/// The (peer, ours) pair a workload compares.
+pub fn pair(workload: &str) -> (System, System) {
+    match workload {
+        "ca" => (System::Cafjs, System::CaHost),
+        _ => (System::Etcd, System::Spine),
     }
 }
 
@@ -131,6 +159,26 @@ const FAN_OUT: &[Metric] = &[
         Better::Lower,
     ),
 ];
+const WRITE_BATCH: &[Metric] = &[
+    m("updates_per_s", "throughput, updates/s", Better::Higher),
+    m("p50_ms", "batch latency p50, ms", Better::Lower),
+    m("p99_ms", "batch latency p99, ms", Better::Lower),
+    m(
+        "server_cpu_us_per_update",
+        "server CPU per update, µs",
+        Better::Lower,
+    ),
+];
+const CA: &[Metric] = &[
+    m("turns_per_s", "checkpointed turns/s", Better::Higher),
+    m("p50_ms", "turn latency p50, ms", Better::Lower),
+    m("p99_ms", "turn latency p99, ms", Better::Lower),
+    m(
+        "server_cpu_us_per_turn",
+        "server CPU per turn, µs",
+        Better::Lower,
+    ),
+];
 const CATCH_UP: &[Metric] = &[
     m("catch_up_s", "reconnect → current, s", Better::Lower),
     m(
@@ -144,6 +192,8 @@ const CATCH_UP: &[Metric] = &[
 pub fn metrics(workload: &str) -> &'static [Metric] {
     match workload {
         "write" => WRITE,
+        "write-batch" => WRITE_BATCH,
+        "ca" => CA,
         "propagation" => PROPAGATION,
         "fan-out" => FAN_OUT,
         "catch-up" => CATCH_UP,
@@ -217,54 +267,86 @@ impl SuiteReport {
         self.measurements.iter().any(|m| m.error.is_some())
     }
 
-    /// The comparison table: one row per workload, parameter and figure.
+    /// The comparison tables: one per pair of systems (Spine and etcd; CA host and Caf.js), one
+    /// row per workload, parameter and figure.
     pub fn table(&self) -> String {
-        let mut out = String::from(
-            "| workload | parameter | figure | better | etcd | Spine | Spine ÷ etcd |\n\
-             |---|---|---|---|---:|---:|---:|\n",
-        );
-        for (workload, parameter) in self.rows() {
-            for metric in metrics(workload) {
-                let cell = |system| match self.find(workload, &parameter, system) {
-                    Some(m) if m.error.is_some() => "error".to_string(),
-                    Some(m) => m
-                        .figures
-                        .get(metric.key)
-                        .map_or_else(|| "n/a".into(), |v| number(*v)),
-                    None => "-".into(),
-                };
-                let ratio = match (
-                    self.figure(workload, &parameter, System::Etcd, metric.key),
-                    self.figure(workload, &parameter, System::Spine, metric.key),
-                ) {
-                    (Some(e), Some(s)) if e > 0.0 => format!("{:.2}", s / e),
-                    _ => "-".into(),
-                };
-                let better = match metric.better {
-                    Better::Higher => "higher",
-                    Better::Lower => "lower",
-                };
-                let _ = writeln!(
-                    out,
-                    "| {workload} | {parameter} | {} | {better} | {} | {} | {ratio} |",
-                    metric.label,
-                    cell(System::Etcd),
-                    cell(System::Spine)
-                );
+        let mut out = String::new();
+        for (peer, ours) in [
+            (System::Etcd, System::Spine),
+            (System::Cafjs, System::CaHost),
+        ] {
+            let rows: Vec<(&'static str, String)> = self
+                .rows()
+                .into_iter()
+                .filter(|(w, _)| pair(w) == (peer, ours))
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            let (p, o) = (peer.name(), ours.name());
+            let _ = writeln!(
+                out,
+                "| workload | parameter | figure | better | {p} | {o} | {o} ÷ {p} |\n\
+                 |---|---|---|---|---:|---:|---:|"
+            );
+            for (workload, parameter) in rows {
+                self.table_rows(&mut out, workload, &parameter, peer, ours);
             }
         }
         out
     }
 
+    fn table_rows(
+        &self,
+        out: &mut String,
+        workload: &str,
+        parameter: &str,
+        peer: System,
+        ours: System,
+    ) {
+        for metric in metrics(workload) {
+            let cell = |system| match self.find(workload, parameter, system) {
+                Some(m) if m.error.is_some() => "error".to_string(),
+                Some(m) => m
+                    .figures
+                    .get(metric.key)
+                    .map_or_else(|| "n/a".into(), |v| number(*v)),
+                None => "-".into(),
+            };
+            let ratio = match (
+                self.figure(workload, parameter, peer, metric.key),
+                self.figure(workload, parameter, ours, metric.key),
+            ) {
+                (Some(e), Some(s)) if e > 0.0 => format!("{:.2}", s / e),
+                _ => "-".into(),
+            };
+            let better = match metric.better {
+                Better::Higher => "higher",
+                Better::Lower => "lower",
+            };
+            let _ = writeln!(
+                out,
+                "| {workload} | {parameter} | {} | {better} | {} | {} | {ratio} |",
+                metric.label,
+                cell(peer),
+                cell(ours)
+            );
+        }
+    }
+
     /// The whole Markdown report.
     pub fn markdown(&self) -> String {
-        let mut out = String::from("# Spine vs etcd: side-by-side benchmark\n\n");
+        let mut out =
+            String::from("# Spine vs etcd, CA host vs Caf.js: side-by-side benchmark\n\n");
         for (k, v) in &self.setup {
             let _ = writeln!(out, "- **{k}**: {v}");
         }
         let _ = writeln!(out, "- **suite wall time**: {:.0} s\n", self.total_seconds);
         out.push_str(&self.table());
-        out.push_str("\n## Goals (issue 6)\n\n");
+        out.push_str("\n## Goals (issues 6, 11 and 13)\n\n");
         for g in &self.goals {
             let mark = match g.met {
                 Some(true) => "met",
@@ -376,7 +458,76 @@ pub fn check_goals(report: &SuiteReport) -> Vec<GoalCheck> {
             .collect::<Vec<_>>()
             .join("; "),
     });
+    batch_and_ca_goals(report, &mut goals);
     goals
+}
+
+/// Issue 11's batched checkpoints and issue 13's CA goals, for the parameters measured.
+fn batch_and_ca_goals(report: &SuiteReport, goals: &mut Vec<GoalCheck>) {
+    let params = |workload: &str| -> Vec<String> {
+        report
+            .rows()
+            .into_iter()
+            .filter(|(w, _)| *w == workload)
+            .map(|(_, p)| p)
+            .collect()
+    };
+    for p in params("write-batch") {
+        let s = report.figure("write-batch", &p, System::Spine, "updates_per_s");
+        goals.push(GoalCheck {
+            goal: format!("batched updates at {p}: Spine ≥ 20,000 updates/s"),
+            met: s.map(|s| s >= 20_000.0),
+            evidence: s.map_or_else(
+                || "no figures".into(),
+                |s| format!("Spine {} updates/s", number(s)),
+            ),
+        });
+    }
+    let ca = |p: &str, system, key| report.figure("ca", p, system, key);
+    for p in params("ca") {
+        let (peer, ours) = (
+            ca(&p, System::Cafjs, "turns_per_s"),
+            ca(&p, System::CaHost, "turns_per_s"),
+        );
+        if p != "1 CA" {
+            goals.push(GoalCheck {
+                goal: format!("checkpointed turns/s at {p}: CA host ≥ 20× Caf.js"),
+                met: peer.zip(ours).map(|(c, h)| h >= 20.0 * c),
+                evidence: match peer.zip(ours) {
+                    Some((c, h)) => format!(
+                        "CA host {} turns/s, Caf.js {} turns/s ({:.1}×)",
+                        number(h),
+                        number(c),
+                        h / c.max(f64::MIN_POSITIVE)
+                    ),
+                    None => "no figures for both".into(),
+                },
+            });
+        }
+        let (peer, ours) = (
+            ca(&p, System::Cafjs, "server_cpu_us_per_turn"),
+            ca(&p, System::CaHost, "server_cpu_us_per_turn"),
+        );
+        goals.push(GoalCheck {
+            goal: format!("server CPU per turn at {p}: CA host ≤ 1/10 of Caf.js's"),
+            met: peer.zip(ours).map(|(c, h)| h * 10.0 <= c),
+            evidence: match peer.zip(ours) {
+                Some((c, h)) => format!("CA host {} µs, Caf.js {} µs", number(h), number(c)),
+                None => "no figures for both".into(),
+            },
+        });
+        if p == "1000 CAs" {
+            let p99 = ca(&p, System::CaHost, "p99_ms");
+            goals.push(GoalCheck {
+                goal: "turn latency p99 at 1000 CAs: CA host ≤ 50 ms".into(),
+                met: p99.map(|v| v <= 50.0),
+                evidence: p99.map_or_else(
+                    || "no figures".into(),
+                    |v| format!("CA host {} ms", number(v)),
+                ),
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -429,6 +580,62 @@ mod tests {
             report
                 .markdown()
                 .contains("write 256 writers on Spine: boom")
+        );
+    }
+
+    #[test]
+    fn the_ca_workload_has_its_own_table_and_goals() {
+        let ca = |system, turns: f64, cpu: f64| Measurement {
+            workload: "ca",
+            parameter: "100 CAs".into(),
+            system,
+            error: None,
+            figures: BTreeMap::from([("turns_per_s", turns), ("server_cpu_us_per_turn", cpu)]),
+            latency: None,
+            details: serde_json::Value::Null,
+            wall_seconds: 1.0,
+        };
+        let mut report = SuiteReport {
+            setup: BTreeMap::new(),
+            measurements: vec![
+                measurement(System::Etcd, 1000.0, 20.0),
+                ca(System::Cafjs, 1000.0, 600.0),
+                ca(System::CaHost, 25_000.0, 80.0),
+            ],
+            goals: Vec::new(),
+            total_seconds: 2.0,
+        };
+        let table = report.table();
+        assert!(
+            table.contains("| etcd | Spine | Spine ÷ etcd |")
+                && table.contains("| Caf.js | CA host | CA host ÷ Caf.js |"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "| ca | 100 CAs | checkpointed turns/s | higher | 1,000 | 25,000 | 25.00 |"
+            ),
+            "{table}"
+        );
+        report.goals = check_goals(&report);
+        let ca_goals: Vec<(&str, Option<bool>)> = report
+            .goals
+            .iter()
+            .filter(|g| g.goal.contains("100 CAs"))
+            .map(|g| (g.goal.as_str(), g.met))
+            .collect();
+        assert_eq!(
+            ca_goals,
+            [
+                (
+                    "checkpointed turns/s at 100 CAs: CA host ≥ 20× Caf.js",
+                    Some(true)
+                ),
+                (
+                    "server CPU per turn at 100 CAs: CA host ≤ 1/10 of Caf.js's",
+                    Some(false)
+                ),
+            ]
         );
     }
 

@@ -38,6 +38,15 @@ impl Latencies {
         let _ = self.0.add(&other.0);
     }
 
+    /// Adds every latency of a histogram of microseconds made elsewhere (e.g. `ca_client::load`'s);
+    /// values above this one's bounds count as its highest.
+    pub fn merge_micros(&mut self, other: &Histogram<u64>) {
+        for v in other.iter_recorded() {
+            let micros = v.value_iterated_to().clamp(1, HIGHEST_MICROS);
+            let _ = self.0.record_n(micros, v.count_at_value());
+        }
+    }
+
     /// How many latencies were recorded.
     pub fn count(&self) -> u64 {
         self.0.len()

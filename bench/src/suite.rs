@@ -16,11 +16,11 @@ use anyhow::Context;
 use clap::Args;
 use sharing_map::AppName;
 
-use crate::cluster::{self, EtcdTarget, SpineTarget};
+use crate::cluster::{self, CaHostTarget, CafjsTarget, EtcdTarget, SpineTarget, cafjs};
 use crate::load::{CONNECTIONS, VALUE_BYTES};
 use crate::procfs;
-use crate::report::{Measurement, SuiteReport, System, check_goals};
-use crate::workload::{self, Outcome, catchup, fanout};
+use crate::report::{self, Measurement, SuiteReport, System, check_goals};
+use crate::workload::{self, Outcome, ca, catchup, fanout, write_batch};
 
 /// `spine-bench suite` arguments. Workload parameters default to the full suite's (or, with
 /// `--smoke`, to tiny ones); each can be set on its own.
@@ -52,14 +52,15 @@ pub struct SuiteArgs {
     /// the system's temporary directory). Put it on the disk you want fsync measured on.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Run only these workloads (write, propagation, fan-out, catch-up).
+    /// Run only these workloads (write, write-batch, propagation, fan-out, catch-up, ca).
     #[arg(long, value_delimiter = ',',
-          value_parser = ["write", "propagation", "fan-out", "catch-up"])]
+          value_parser = ["write", "write-batch", "propagation", "fan-out", "catch-up", "ca"])]
     pub only: Vec<String>,
-    /// Measure only these systems (spine, etcd), e.g. while profiling one of them.
-    #[arg(long, value_delimiter = ',', default_value = "etcd,spine",
-          value_parser = ["etcd", "spine"])]
-    pub systems: Vec<String>,
+    /// Measure only these systems (etcd, spine; for the ca workload ca-host, cafjs), e.g. while
+    /// profiling one of them [default: all; with --smoke all but cafjs, whose installation and
+    /// start take longer than the smoke run].
+    #[arg(long, value_delimiter = ',', value_parser = ["etcd", "spine", "ca-host", "cafjs"])]
+    pub systems: Option<Vec<String>>,
     /// Diagnostics: the node agents' lag probe period in seconds (default: the agent's own,
     /// 5 s). Every probe lists all maps of the app.
     #[arg(long)]
@@ -99,6 +100,28 @@ pub struct SuiteArgs {
     /// Catch-up: updates written while the subscriber is away [full: 100000].
     #[arg(long)]
     pub catchup_updates: Option<u64>,
+    /// Write-batch: updates per batch, each of its own map/key [full: 100].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Write-batch: batches in flight at once [full: 16].
+    #[arg(long)]
+    pub batch_concurrency: Option<usize>,
+    /// Write-batch: seconds measured [full: 10].
+    #[arg(long)]
+    pub batch_seconds: Option<f64>,
+    /// CA workload: CA counts, one run each; every CA has its own client [full:
+    /// 1,100,1000,10000].
+    #[arg(long, value_delimiter = ',')]
+    pub cas: Option<Vec<usize>>,
+    /// CA workload: seconds measured per run [full: 20].
+    #[arg(long)]
+    pub ca_seconds: Option<f64>,
+    /// CA workload: seconds of calls before measuring [full: 3].
+    #[arg(long)]
+    pub ca_warmup: Option<f64>,
+    /// CA workload: the Caf.js app and load client [default: bench/cafjs of this source tree].
+    #[arg(long, value_name = "DIR")]
+    pub cafjs_dir: Option<PathBuf>,
 }
 
 /// The parameters of one suite run.
@@ -111,6 +134,10 @@ struct Params {
     fanout: fanout::Shape,
     catchup_maps: Vec<usize>,
     catchup_updates: u64,
+    write_batch: write_batch::Shape,
+    cas: Vec<usize>,
+    ca_seconds: f64,
+    ca_warmup: f64,
 }
 
 impl Params {
@@ -128,6 +155,14 @@ impl Params {
             },
             catchup_maps: vec![1000, 50],
             catchup_updates: 100_000,
+            write_batch: write_batch::Shape {
+                batch: 100,
+                concurrency: 16,
+                seconds: 10.0,
+            },
+            cas: vec![1, 100, 1000, 10_000],
+            ca_seconds: 20.0,
+            ca_warmup: 3.0,
         }
     }
 
@@ -145,6 +180,14 @@ impl Params {
             },
             catchup_maps: vec![8, 2],
             catchup_updates: 400,
+            write_batch: write_batch::Shape {
+                batch: 10,
+                concurrency: 2,
+                seconds: 0.5,
+            },
+            cas: vec![1, 4],
+            ca_seconds: 0.5,
+            ca_warmup: 0.2,
         }
     }
 
@@ -179,6 +222,24 @@ impl Params {
         }
         if let Some(v) = a.catchup_updates {
             p.catchup_updates = v;
+        }
+        if let Some(v) = a.batch_size {
+            p.write_batch.batch = v.max(1);
+        }
+        if let Some(v) = a.batch_concurrency {
+            p.write_batch.concurrency = v.max(1);
+        }
+        if let Some(v) = a.batch_seconds {
+            p.write_batch.seconds = v;
+        }
+        if let Some(v) = &a.cas {
+            p.cas.clone_from(v);
+        }
+        if let Some(v) = a.ca_seconds {
+            p.ca_seconds = v;
+        }
+        if let Some(v) = a.ca_warmup {
+            p.ca_warmup = v;
         }
         p
     }
@@ -276,24 +337,33 @@ impl Recorder {
     }
 }
 
-/// Which system goes first for the `k`-th parameter of a workload: they alternate.
-fn order(k: usize) -> [System; 2] {
+/// Which system goes first for the `k`-th parameter of a workload: the peer, then ours, then
+/// the other way round.
+fn order(workload: &str, k: usize) -> [System; 2] {
+    let (peer, ours) = report::pair(workload);
     if k % 2 == 0 {
-        [System::Etcd, System::Spine]
+        [peer, ours]
     } else {
-        [System::Spine, System::Etcd]
+        [ours, peer]
     }
 }
 
-/// [`order`] without the systems left out with `--systems`.
-fn systems(args: &SuiteArgs, k: usize) -> Vec<System> {
-    order(k)
+/// The systems `--systems` selects (by default all; with `--smoke` all but Caf.js).
+fn selected(args: &SuiteArgs) -> Vec<System> {
+    System::ALL
         .into_iter()
-        .filter(|s| {
-            args.systems
-                .iter()
-                .any(|w| w.eq_ignore_ascii_case(s.name()))
+        .filter(|s| match &args.systems {
+            Some(names) => names.iter().any(|n| n == s.flag()),
+            None => !(args.smoke && *s == System::Cafjs),
         })
+        .collect()
+}
+
+/// [`order`] without the systems left out.
+fn systems(selected: &[System], workload: &str, k: usize) -> Vec<System> {
+    order(workload, k)
+        .into_iter()
+        .filter(|s| selected.contains(s))
         .collect()
 }
 
@@ -343,6 +413,7 @@ fn loadavg() -> String {
 /// Runs the suite; returns the report (also written to `--out`).
 pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
     let params = Params::from_args(&args);
+    let chosen = selected(&args);
     let suite_start = Instant::now();
     let base = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base)?;
@@ -421,6 +492,9 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
         ),
     );
     setup.insert("load", format!("{VALUE_BYTES}-byte values; every write a compare-and-swap on the writer's own map/key; writers share min(writers, {CONNECTIONS}) connections, connection i to member i mod 3 (leader first); load generator, agents and watchers run in this process on the same cores"));
+    if wanted(&args, "write-batch") {
+        setup.insert("write-batch", format!("{VALUE_BYTES}-byte values; each update a compare-and-swap of its own map/key at the version its last update produced; Spine: one UpdateBatch per batch (each update atomic and answered on its own); etcd, which has no batch of independent transactions: one txn per batch with a mod-revision compare and a put per key (one Raft entry, all or nothing); batch i on connection i mod {CONNECTIONS}"));
+    }
     setup.insert("parameters", format!("{params:?}"));
     setup.insert("mode", if args.smoke { "smoke" } else { "full" }.into());
 
@@ -436,7 +510,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
         let seconds = Duration::from_secs_f64(params.write_seconds);
         for (k, &n) in params.writers.iter().enumerate() {
             let parameter = plural(n, "writer");
-            for system in systems(&args, k) {
+            for system in systems(&chosen, "write", k) {
                 match system {
                     System::Etcd => {
                         let run = workload::write::etcd(&etcd, &prefix, n, seconds);
@@ -448,7 +522,30 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
                         rec.measure("write", &parameter, system, &spine_pids, run)
                             .await;
                     }
+                    // Not in this workload's pair.
+                    System::Cafjs | System::CaHost => {}
                 }
+            }
+        }
+    }
+    if wanted(&args, "write-batch") {
+        let app = rec.app("batch")?;
+        let shape = params.write_batch;
+        let parameter = shape.label();
+        for system in systems(&chosen, "write-batch", 0) {
+            match system {
+                System::Etcd => {
+                    let run = write_batch::etcd(&etcd, &prefix, shape, &etcd_pids);
+                    rec.measure("write-batch", &parameter, system, &etcd_pids, run)
+                        .await;
+                }
+                System::Spine => {
+                    let run = write_batch::spine(&spine, &app, shape, &spine_pids);
+                    rec.measure("write-batch", &parameter, system, &spine_pids, run)
+                        .await;
+                }
+                // Not in this workload's pair.
+                System::Cafjs | System::CaHost => {}
             }
         }
     }
@@ -456,7 +553,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
         let app = rec.app("prop")?;
         for (k, &n) in params.subscribers.iter().enumerate() {
             let parameter = plural(n, "subscriber");
-            for system in systems(&args, k) {
+            for system in systems(&chosen, "propagation", k) {
                 match system {
                     System::Etcd => {
                         let run = workload::propagation::etcd(
@@ -480,6 +577,8 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
                         rec.measure("propagation", &parameter, system, &spine_pids, run)
                             .await;
                     }
+                    // Not in this workload's pair.
+                    System::Cafjs | System::CaHost => {}
                 }
             }
         }
@@ -491,7 +590,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
             "{} subscribers × {} of {} maps",
             shape.subscribers, shape.per_subscriber, shape.maps
         );
-        for system in systems(&args, 0) {
+        for system in systems(&chosen, "fan-out", 0) {
             match system {
                 System::Etcd => {
                     let run = fanout::etcd(&etcd, &prefix, shape);
@@ -503,6 +602,8 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
                     rec.measure("fan-out", &parameter, system, &spine_pids, run)
                         .await;
                 }
+                // Not in this workload's pair.
+                System::Cafjs | System::CaHost => {}
             }
         }
     }
@@ -518,7 +619,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
             let parameter = format!("{written} updates over {maps} maps");
             let prefix = format!("{prefix}/k{maps}");
             // The other order than fan-out's.
-            for system in systems(&args, k + 1) {
+            for system in systems(&chosen, "catch-up", k + 1) {
                 match system {
                     System::Etcd => {
                         let run = catchup::etcd(&etcd, &prefix, shape);
@@ -530,9 +631,25 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
                         rec.measure("catch-up", &parameter, system, &spine_pids, run)
                             .await;
                     }
+                    // Not in this workload's pair.
+                    System::Cafjs | System::CaHost => {}
                 }
             }
         }
+    }
+    if wanted(&args, "ca") {
+        // etcd has no part in it: its idle CPU would only disturb the two systems measured.
+        etcd.procs.stop().await;
+        run_ca(
+            &args,
+            &params,
+            &chosen,
+            &spine,
+            tmp.path(),
+            &mut rec,
+            &mut setup,
+        )
+        .await;
     }
     etcd.procs.stop().await;
     spine.procs.stop().await;
@@ -569,6 +686,132 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
     };
     report.goals = check_goals(&report);
     Ok(report)
+}
+
+/// The `ca` workload: one `ca-host` on the suite's Spine and Caf.js on Redis, started here,
+/// each CA count on both (alternating which goes first); a system that cannot start is recorded
+/// as a failed measurement per CA count, and the other is still measured.
+async fn run_ca(
+    args: &SuiteArgs,
+    params: &Params,
+    chosen: &[System],
+    spine: &SpineTarget,
+    dir: &std::path::Path,
+    rec: &mut Recorder,
+    setup: &mut BTreeMap<&'static str, String>,
+) {
+    let wants = |s| chosen.contains(&s);
+    let host = if wants(System::CaHost) {
+        eprintln!("starting a CA host on the Spine ...");
+        Some(CaHostTarget::start(spine, &dir.join("ca-host")).await)
+    } else {
+        None
+    };
+    let cafjs = if wants(System::Cafjs) {
+        eprintln!("starting Caf.js (node) and Redis ...");
+        let cafjs_dir = args.cafjs_dir.clone().unwrap_or_else(cafjs::default_dir);
+        Some(CafjsTarget::start(&cafjs_dir, &dir.join("cafjs")).await)
+    } else {
+        None
+    };
+    let batching = format!(
+        "CA host: group commit with no timer: a checkpoint goes out at once while fewer than 8 \
+         UpdateBatch requests are in flight, else it joins the next batch (≤ 1000 per batch; \
+         host.json's max_in_flight and max_batch). Caf.js: caf_redis coalesces checkpoint \
+         writes for up to {} ms or {} pending writes (caf_platform's framework.json)",
+        cafjs::COALESCING_INTERVAL_MS,
+        cafjs::COALESCING_MAX_PENDING
+    );
+    setup.insert("ca: checkpoint batching", batching);
+    setup.insert(
+        "ca: CA host",
+        format!(
+            "1 `ca-host serve` ({} build) with ca-runtime/host.json's defaults (placement on: \
+             64 partition leases in the Spine), --no-auth (clients present no token, as Caf.js \
+             runs with security off), RUST_LOG=warn, on the suite's 3-node Spine; clients: tasks \
+             of spine-bench over min(CAs, {CONNECTIONS}) gRPC connections; server CPU = host + \
+             3 Spine nodes",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
+        ),
+    );
+    let cafjs_version = match &cafjs {
+        Some(Ok(t)) => t.version.clone(),
+        Some(Err(e)) => format!("could not start: {e:#}"),
+        None => "not measured (--systems)".into(),
+    };
+    setup.insert(
+        "ca: Caf.js",
+        format!(
+            "{cafjs_version}; bench/cafjs: the counter app, security off, one node process on \
+             127.0.0.1, Redis with appendonly yes, appendfsync always; clients: bench/cafjs/load.js \
+             in one node process, a caf_cli session (WebSocket) per CA; server CPU = node + Redis"
+        ),
+    );
+    setup.insert(
+        "ca: load",
+        format!(
+            "each CA of the counter app called (`increment`) by its own closed-loop client; every \
+             CA called once first, then {} s warm-up, {} s measured; turns counted when their reply \
+             arrives in the window; CPU from /proc over the window",
+            params.ca_warmup, params.ca_seconds
+        ),
+    );
+    let spine_pids = spine.procs.pids();
+    let host_pids: Vec<u32> = match &host {
+        Some(Ok(h)) => h
+            .procs
+            .pids()
+            .into_iter()
+            .chain(spine_pids.clone())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let cafjs_pids = match &cafjs {
+        Some(Ok(c)) => c.procs.pids(),
+        _ => Vec::new(),
+    };
+    for (k, &n) in params.cas.iter().enumerate() {
+        let parameter = plural(n, "CA");
+        let shape = ca::Shape {
+            cas: n,
+            warmup: params.ca_warmup,
+            seconds: params.ca_seconds,
+        };
+        let names = format!("b{}n{n}x", rec.run);
+        for system in systems(chosen, "ca", k) {
+            match (system, &host, &cafjs) {
+                (System::CaHost, Some(Ok(h)), _) => {
+                    let run = ca::ca_host(h, &spine_pids, &names, shape);
+                    rec.measure("ca", &parameter, system, &host_pids, run).await;
+                }
+                (System::Cafjs, _, Some(Ok(c))) => {
+                    let run = ca::cafjs(c, &names, shape);
+                    rec.measure("ca", &parameter, system, &cafjs_pids, run)
+                        .await;
+                }
+                (System::CaHost, Some(Err(e)), _) | (System::Cafjs, _, Some(Err(e))) => {
+                    let failed =
+                        async { Err::<Outcome, _>(anyhow::anyhow!("could not start: {e:#}")) };
+                    rec.measure("ca", &parameter, system, &[], failed).await;
+                }
+                _ => {}
+            }
+        }
+    }
+    for target in [
+        host.and_then(Result::ok).map(|h| h.procs),
+        cafjs.and_then(Result::ok).map(|c| c.procs),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let mut procs = target;
+        procs.stop().await;
+    }
 }
 
 /// A random id of 6 lowercase letters and digits, so that each run uses fresh names (also on

@@ -12,6 +12,8 @@ use spine_proto::ca_v1 as pb;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+pub mod load;
+
 pub use spine_client::{Credentials, resolve_token};
 
 /// The metadata key that carries a failure's [`ErrorCode`].

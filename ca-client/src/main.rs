@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use ca_client::{CaClient, CallError, MethodCall};
@@ -112,113 +113,43 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for _ in 1..connections.max(1) {
                 clients.push(CaClient::connect(&cli.endpoint, token.as_deref()).await?);
             }
-            let report = load(&clients, &app, &prefix, cas.max(1), warmup, seconds.max(1)).await?;
+            let window = ca_client::load::Window::after(
+                Duration::from_secs(warmup),
+                Duration::from_secs(seconds.max(1)),
+            );
+            eprintln!(
+                "load: {cas} CAs, {warmup} s warm-up, {} s measured",
+                seconds.max(1)
+            );
+            let report = ca_client::load::run(&clients, &app, &prefix, cas.max(1), window).await?;
+            if let Some(e) = &report.first_error {
+                eprintln!("load: first error: {e}");
+            }
             match cli.output {
                 Output::Text => println!(
                     "{} turns in {:.1} s over {} CAs: {:.0} turns/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} errors",
                     report.turns,
-                    report.seconds,
+                    window.seconds(),
                     cas,
-                    report.turns as f64 / report.seconds,
-                    report.p50_ms,
-                    report.p99_ms,
-                    report.max_ms,
+                    report.per_second(),
+                    report.quantile_ms(0.5),
+                    report.quantile_ms(0.99),
+                    report.max_ms(),
                     report.errors
                 ),
                 Output::Json => println!(
                     "{}",
                     serde_json::json!({
-                        "cas": cas, "turns": report.turns, "seconds": report.seconds,
-                        "turns_per_second": report.turns as f64 / report.seconds,
-                        "p50_ms": report.p50_ms, "p99_ms": report.p99_ms, "max_ms": report.max_ms,
-                        "errors": report.errors,
+                        "cas": cas, "turns": report.turns, "seconds": window.seconds(),
+                        "turns_per_second": report.per_second(),
+                        "p50_ms": report.quantile_ms(0.5), "p99_ms": report.quantile_ms(0.99),
+                        "max_ms": report.max_ms(), "errors": report.errors,
                     })
                 ),
             }
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-struct LoadReport {
-    turns: u64,
-    errors: u64,
-    seconds: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-}
-
-/// Closed-loop clients, one per CA; counts only calls that end inside the measured window.
-async fn load(
-    clients: &[CaClient],
-    app: &str,
-    prefix: &str,
-    cas: usize,
-    warmup: u64,
-    seconds: u64,
-) -> anyhow::Result<LoadReport> {
-    use std::time::{Duration, Instant};
-    let start = Instant::now() + Duration::from_secs(warmup);
-    let end = start + Duration::from_secs(seconds);
-    eprintln!("load: {cas} CAs, {warmup} s warm-up, {seconds} s measured");
-    let mut tasks = Vec::with_capacity(cas);
-    for i in 0..cas {
-        let client = clients[i % clients.len()].clone();
-        let app = app.to_string();
-        let ca = format!("{prefix}{i}-load");
-        tasks.push(tokio::spawn(async move {
-            let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .map_err(|e| anyhow::anyhow!("histogram: {e}"))?;
-            let (mut turns, mut errors) = (0u64, 0u64);
-            loop {
-                let sent = Instant::now();
-                if sent >= end {
-                    break;
-                }
-                let answer = client.call(&app, &ca, "increment", vec![]).await;
-                let done = Instant::now();
-                if done < start || done > end {
-                    if answer.is_err() {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    continue;
-                }
-                match answer {
-                    Ok(_) => {
-                        turns += 1;
-                        let _ = hist.record((done - sent).as_micros() as u64);
-                    }
-                    Err(e) => {
-                        errors += 1;
-                        if errors == 1 {
-                            eprintln!("load: {ca}: {e}");
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-            anyhow::Ok((hist, turns, errors))
-        }));
-    }
-    let mut all = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-        .map_err(|e| anyhow::anyhow!("histogram: {e}"))?;
-    let (mut turns, mut errors) = (0, 0);
-    for t in tasks {
-        let (h, n, e) = t.await??;
-        all.add(&h).map_err(|e| anyhow::anyhow!("histogram: {e}"))?;
-        turns += n;
-        errors += e;
-    }
-    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
-    Ok(LoadReport {
-        turns,
-        errors,
-        seconds: seconds as f64,
-        p50_ms: ms(0.5),
-        p99_ms: ms(0.99),
-        max_ms: all.max() as f64 / 1000.0,
-    })
 }
 
 fn print(output: Output, answer: Result<ca_client::Reply, CallError>) -> ExitCode {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use tokio::process::Command;
 
-use super::{STARTUP_DEADLINE, ServerProcs, free_addr, rotated};
+use super::{STARTUP_DEADLINE, ServerProcs, free_addr, on_path, rotated};
 use crate::etcd::EtcdConn;
 
 /// An etcd cluster under test.
@@ -53,13 +53,6 @@ pub fn find_or_install(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         }
     }
     on_path("etcd").context("etcd-server was installed but no `etcd` is on PATH")
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
 }
 
 impl EtcdTarget {

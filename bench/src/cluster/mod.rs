@@ -1,15 +1,21 @@
-//! The two systems under test, each a 3-member cluster on loopback that the tool starts itself
-//! (or one the user names with `--spine-endpoints` / `--etcd-endpoints`).
+//! The systems under test: Spine and etcd, each a 3-member cluster on loopback that the tool
+//! starts itself (or one the user names with `--spine-endpoints` / `--etcd-endpoints`); for the
+//! `ca` workload a CA host on that Spine, and Caf.js on Redis.
 //!
 //! ```text
 //!   ServerProcs ── spawns ─▶ 3 × `spine serve` | 3 × `etcd`   (data in one temp dir, logs beside)
 //!        │                               │
 //!   SpineTarget / EtcdTarget: endpoints, leader first; server pids for RSS and CPU figures
+//!
+//!   the `ca` workload's pair:  CaHostTarget (1 × `ca-host serve` on the SpineTarget)
+//!                              CafjsTarget  (redis-server + node running bench/cafjs)
 //! ```
 //!
 //! Connection `i` of a workload goes to endpoint `i mod 3` of the leader-first list, for both
 //! systems alike, so that the same share of clients talks to the leader.
 
+pub mod cafjs;
+pub mod cahost;
 pub mod etcd;
 pub mod spine;
 
@@ -20,6 +26,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::process::{Child, Command};
 
+pub use cafjs::CafjsTarget;
+pub use cahost::CaHostTarget;
 pub use etcd::EtcdTarget;
 pub use spine::SpineTarget;
 
@@ -75,6 +83,14 @@ impl ServerProcs {
         }
         self.procs.clear();
     }
+}
+
+/// The program `name` on PATH.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
 }
 
 /// `endpoints` rotated so that connection `i` starts at endpoint `i mod len` (of a leader-first

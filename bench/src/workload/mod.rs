@@ -1,10 +1,13 @@
-//! The four workloads, each written once per system over the shared load generator
-//! ([`crate::load`]) so that both get the same writes, payloads and connection layout.
+//! The workloads, each written once per system over the shared load generator
+//! ([`crate::load`]) so that both get the same writes, payloads and connection layout; the `ca`
+//! workload drives the CA host with `ca_client::load` and Caf.js with `bench/cafjs/load.js`.
 
+pub mod ca;
 pub mod catchup;
 pub mod fanout;
 pub mod propagation;
 pub mod write;
+pub mod write_batch;
 
 use std::collections::BTreeMap;
 
