@@ -23,7 +23,7 @@ use super::request_numbers::{RequestNumbers, parse_read_context, read_context};
 use crate::metrics::Metrics;
 use crate::network::{PeerEvent, RaftNetwork};
 use crate::state::{self, Proposal, State};
-use crate::store::{Dirty, RaftLog, RaftStore, StateStore, Store, StoreError};
+use crate::store::{Dirty, LogWrite, RaftLog, RaftStore, StateStore, Store, StoreError};
 
 /// Who leads, as `raw` sees it; a new leader is `ready` for reads once it has committed an
 /// entry of its term.
@@ -404,9 +404,15 @@ impl<L: RaftLog> NodeLoop<L> {
         if !rd.messages().is_empty() {
             self.send(rd.take_messages());
         }
+        // What this Ready persists goes to the log as one batch: the snapshot's position, the
+        // entries, the hard state.
+        let mut write = LogWrite::default();
         if !rd.snapshot().is_empty() {
-            let snap = rd.snapshot().clone();
-            self.state = store.install_snapshot(&snap, &self.states)?;
+            let snap = rd.snapshot();
+            // The state machine first, synced, then the log: a crash in between leaves a newer
+            // state over an older log, whose entries `apply` skips.
+            self.state = self.states.install(&snap.data)?;
+            write.snapshot = Some(snap.get_metadata().clone());
             // The snapshot replaced the whole stored state: nothing older is dirty.
             self.dirty = Dirty::default();
             self.checkpointed = self.state.applied_index;
@@ -425,18 +431,20 @@ impl<L: RaftLog> NodeLoop<L> {
                 self.pending.read_confirmed(request, rs.index);
             }
         }
-        if let Some(hs) = rd.hs() {
-            store.set_hard_state(hs)?;
-        }
+        write.entries = rd.take_entries();
+        write.hard_state = rd.hs().cloned();
+        let must_sync = rd.must_sync() || !write.entries.is_empty() || write.snapshot.is_some();
+        store.write(write)?;
+        // Committed entries are on a majority's disks already; applying them needs no sync of
+        // what this Ready wrote (a conf change applied here is written after it).
         let committed = rd.take_committed_entries();
         self.apply(committed)?;
-        if !rd.entries().is_empty() {
-            store.append(rd.entries())?;
-        }
         if let Some(ss) = rd.ss() {
             self.on_role_change(ss.raft_state);
         }
-        if rd.must_sync() || !rd.entries().is_empty() {
+        // One fsync for everything above, before any message or acknowledgement that depends
+        // on it.
+        if must_sync {
             store.sync()?;
         }
         if !rd.persisted_messages().is_empty() {
