@@ -3,7 +3,7 @@
 //! - `spine-raft-log`: this crate, default options (32 MiB segments, 32 MiB entry cache);
 //! - `raft-engine`: TiKV's log engine (0.4, default configuration: LZ4 for batches over 8 KiB,
 //!   128 MiB files), one Raft group, the hard state as a message in the same batch;
-//! - `sled`: the log as spine-server keeps it today: one key per entry in a sled tree, the hard
+//! - `sled`: the log as spine-server kept it before this crate: one key per entry in a sled tree, the hard
 //!   state beside them, one `apply_batch` per Ready, then `flush` and an `fdatasync` of sled's
 //!   file; compaction removes every key.
 //!
@@ -236,7 +236,7 @@ impl Log for Engine {
     }
 }
 
-/// spine-server's `RaftStore` log, reduced to what touches sled.
+/// spine-server's former sled `RaftStore` log, reduced to what touches sled.
 struct Sled {
     db: sled::Db,
     tree: sled::Tree,

@@ -8,14 +8,14 @@
 //!       │  ▲                  │   ▲                                              │
 //!       │  │                  │   └──────────────── PeerInbox ◀──────────────────┘
 //!       │  └──Outcome─────────┤ append + fsync, apply
-//!       │                     ├─▶ store.rs (sled) ◀── state.rs (pure state machine)
+//!       │                     ├─▶ store/ (raft log, sled) ◀── state.rs (pure state machine)
 //!       ▼                     ▼
 //!   subscribe.rs ◀── broadcast<AppliedEvent>, watch<Arc<State>>
 //! ```
 //!
 //! - [`state`]: the pure state machine (maps, bounded change-set history, last update ids).
-//! - [`store`]: sled storage in two parts: the Raft log (behind [`store::RaftLog`], the seam for
-//!   another log engine) and the state machine's checkpoints.
+//! - [`store`]: storage in two parts: the Raft log (spine-raft-log, behind [`store::RaftLog`])
+//!   and the state machine's checkpoints (sled).
 //! - [`node`]: the Raft node (pre-vote, check-quorum, group commit, ReadIndex, membership): its
 //!   handle, the loop, and the pure rules it follows (pending requests, membership, checkpoints).
 //! - [`network`]: the seam between the node loop and the network (out: [`network::RaftNetwork`],

@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sim::{Cluster, Error, Faults, create, map, put, versions};
 use spine_server::node::NodeHandle;
+use spine_server::state::Outcome;
 use tokio::time::Instant;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -134,6 +135,38 @@ async fn a_follower_behind_a_compacted_log_catches_up_from_a_snapshot() -> Resul
     wait_version(&f, "alice-phone-x", 100).await?;
     assert_eq!(version_of(&f, "alice-phone-x", 5 * SECOND).await?, 100);
     c.check_replicas_equal(10 * SECOND).await?;
+    c.stop().await;
+    Ok(())
+}
+
+/// Proposals that arrive together reach each follower together: the leader sends a follower
+/// one append for them (and gets one answer), not one per entry.
+#[tokio::test(start_paused = true)]
+async fn proposals_that_arrive_together_travel_in_one_append() -> Result<(), Error> {
+    let c = Cluster::start(3, 5).await?;
+    let leader = c.leader(10 * SECOND).await?;
+    let l = c.node(leader)?;
+    l.propose(create("alice-phone-x")).await?;
+    c.check_replicas_equal(10 * SECOND).await?;
+    const PROPOSALS: u64 = 200;
+    let before = c.delivered();
+    let done = futures::future::join_all(
+        (0..PROPOSALS).map(|i| l.propose(create(&format!("alice-phone-m{i}")))),
+    )
+    .await;
+    for d in &done {
+        assert!(
+            matches!(d, Ok((Outcome::Created { created: true, .. }, _))),
+            "{d:?}"
+        );
+    }
+    c.check_replicas_equal(10 * SECOND).await?;
+    let messages = c.delivered() - before;
+    // One entry per message would be at least 2 appends and 2 answers per proposal.
+    assert!(
+        messages < PROPOSALS / 2,
+        "{messages} messages for {PROPOSALS} proposals"
+    );
     c.stop().await;
     Ok(())
 }

@@ -445,6 +445,16 @@ impl Cluster {
             .collect()
     }
 
+    /// A node's data directory (`spine serve --data-dir`).
+    pub fn data_dir(&self, id: u64) -> anyhow::Result<PathBuf> {
+        Ok(self
+            .nodes
+            .get(&id)
+            .context("no such node")?
+            .dir
+            .join("data"))
+    }
+
     /// The client address of a node.
     pub fn endpoint(&self, id: u64) -> String {
         self.nodes

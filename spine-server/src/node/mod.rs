@@ -3,15 +3,16 @@
 //!
 //! ```text
 //!  gRPC handlers ──Msg──▶ mailbox ──▶ node loop: step / propose / tick
-//!  peers ───PeerEvent──▶ inbox ──▶   │ Ready: append log + hard state ─▶ fsync ─▶ send messages
+//!  peers ───PeerEvent──▶ inbox ──▶   │ Ready: one log batch (entries + hard state) ─▶ fsync ─▶ send
 //!                                   │        apply committed entries (in memory, maps marked dirty)
 //!                                   │ every second: checkpoint dirty maps ─▶ fsync ─▶ compact log
 //!                                   ▼
 //!           watch<Arc<State>> (readers), broadcast<AppliedEvent> (subscribers), replies
 //! ```
 //!
-//! Proposals that arrive together are appended and fsync'd together (group commit). A client is
-//! answered by the node it asked, when that node applies the entry, after a majority fsync'd it.
+//! Proposals that arrive together are appended and fsync'd together (group commit), and go to
+//! each follower in one append. A client is answered by the node it asked, when that node
+//! applies the entry, after a majority fsync'd it.
 //! The log is what makes an update durable; the state machine is checkpointed, and a restart
 //! replays the log after the last checkpoint.
 //!

@@ -40,9 +40,11 @@ pub struct Leadership {
 
 /// What the book asks of Raft. The node loop implements it over raft-rs's `RawNode`.
 pub trait RaftRequests {
-    /// Hands an encoded proposal to Raft (a follower forwards it to the leader): the term it
-    /// was taken in, or `None` when no leader is known or Raft did not take it now.
-    fn propose(&mut self, data: &[u8]) -> Option<u64>;
+    /// Hands encoded proposal `request` to Raft (a follower forwards it to the leader): the
+    /// term it was taken in, or `None` when no leader is known or Raft did not take it now.
+    /// Raft may refuse it later, when the proposals of one turn are stepped together
+    /// ([`PendingRequests::not_taken`]).
+    fn propose(&mut self, request: u64, data: &[u8]) -> Option<u64>;
     /// Asks for a read index for `ctx`: the leadership it went to, or `None` when no leader is
     /// known.
     fn read_index(&mut self, ctx: &[u8]) -> Option<Leadership>;
@@ -119,7 +121,7 @@ impl PendingRequests {
         reply: Reply<(Outcome, u64)>,
         now: Instant,
     ) {
-        let proposed_in = raft.propose(&data);
+        let proposed_in = raft.propose(request, &data);
         self.proposals.insert(
             request,
             Proposal {
@@ -129,6 +131,16 @@ impl PendingRequests {
                 proposed_in,
             },
         );
+    }
+
+    /// Raft refused proposals it had been offered (they were stepped after the offer): they
+    /// count as never proposed, so [`resend`](Self::resend) offers them again.
+    pub fn not_taken(&mut self, requests: &[u64]) {
+        for request in requests {
+            if let Some(p) = self.proposals.get_mut(request) {
+                p.proposed_in = None;
+            }
+        }
     }
 
     /// A new linearizable read: a read index asked for now, and kept until confirmed.
@@ -223,9 +235,9 @@ impl PendingRequests {
         if periodic {
             self.last_resend = now;
         }
-        for p in self.proposals.values_mut() {
+        for (&request, p) in self.proposals.iter_mut() {
             if p.proposed_in != Some(current.term)
-                && let Some(term) = raft.propose(&p.data)
+                && let Some(term) = raft.propose(request, &p.data)
             {
                 p.proposed_in = Some(term);
             }
@@ -336,7 +348,7 @@ mod tests {
     }
 
     impl RaftRequests for FakeRaft {
-        fn propose(&mut self, data: &[u8]) -> Option<u64> {
+        fn propose(&mut self, _request: u64, data: &[u8]) -> Option<u64> {
             if self.now.leader == 0 {
                 return None;
             }
@@ -441,6 +453,21 @@ mod tests {
         raft.now.ready = true;
         resend(&mut book, &mut raft, t0 + EVERY + EVERY / 2);
         assert_eq!((raft.proposed.len(), raft.reads.len()), (2, 4));
+    }
+
+    #[test]
+    fn a_proposal_raft_refused_after_taking_it_is_offered_again() {
+        let t0 = Instant::now();
+        let mut book = PendingRequests::new(t0);
+        let mut raft = FakeRaft::led(2, 1, true);
+        resend(&mut book, &mut raft, t0);
+        let _p = propose(&mut book, &mut raft, 1, t0);
+        let _q = propose(&mut book, &mut raft, 2, t0);
+        assert_eq!(raft.proposed.len(), 2);
+        // Stepped with the rest of its turn, proposal 1 was dropped (a leader transfer, say).
+        book.not_taken(&[1]);
+        resend(&mut book, &mut raft, t0 + EVERY);
+        assert_eq!(raft.proposed, [vec![1], vec![2], vec![1]]);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, Entry, EntryType, Message};
+use raft::eraftpb::{ConfChange, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole};
 use sharing_map::codec;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -23,7 +23,7 @@ use super::request_numbers::{RequestNumbers, parse_read_context, read_context};
 use crate::metrics::Metrics;
 use crate::network::{PeerEvent, RaftNetwork};
 use crate::state::{self, Proposal, State};
-use crate::store::{Dirty, RaftLog, RaftStore, StateStore, Store, StoreError};
+use crate::store::{Dirty, LogWrite, RaftLog, RaftStore, StateStore, Store, StoreError};
 
 /// Who leads, as `raw` sees it; a new leader is `ready` for reads once it has committed an
 /// entry of its term.
@@ -37,26 +37,35 @@ fn leadership<L: raft::Storage>(raw: &RawNode<L>) -> Leadership {
     }
 }
 
-impl<L: raft::Storage> RaftRequests for RawNode<L> {
-    fn propose(&mut self, data: &[u8]) -> Option<u64> {
-        if self.raft.leader_id == 0 {
+/// The proposals of one turn of the loop, stepped into raft-rs together
+/// ([`NodeLoop::step_proposals`]): raft-rs sends each follower an append for every proposal
+/// stepped, so one at a time a turn's proposals would travel (and be answered) as one message
+/// per entry and follower.
+struct Proposer<'a, L: raft::Storage> {
+    raw: &'a mut RawNode<L>,
+    /// Request numbers and entries, in the order offered.
+    batch: &'a mut Vec<(u64, Entry)>,
+}
+
+impl<L: raft::Storage> RaftRequests for Proposer<'_, L> {
+    fn propose(&mut self, request: u64, data: &[u8]) -> Option<u64> {
+        if self.raw.raft.leader_id == 0 {
             return None;
         }
-        match RawNode::propose(self, Vec::new(), data.to_vec()) {
-            Ok(()) => Some(self.raft.term),
-            Err(e) => {
-                tracing::debug!(error = %e, "proposal not taken yet; it is proposed again");
-                None
-            }
-        }
+        let entry = Entry {
+            data: data.to_vec().into(),
+            ..Default::default()
+        };
+        self.batch.push((request, entry));
+        Some(self.raw.raft.term)
     }
 
     fn read_index(&mut self, ctx: &[u8]) -> Option<Leadership> {
-        if self.raft.leader_id == 0 {
+        if self.raw.raft.leader_id == 0 {
             return None;
         }
-        RawNode::read_index(self, ctx.to_vec());
-        Some(leadership(self))
+        RawNode::read_index(self.raw, ctx.to_vec());
+        Some(leadership(self.raw))
     }
 }
 
@@ -86,6 +95,8 @@ struct NodeLoop<L: RaftLog> {
     numbers: RequestNumbers,
     /// Requests waiting for Raft.
     pending: PendingRequests,
+    /// Proposals offered this turn, stepped into Raft together before the next Ready.
+    proposing: Vec<(u64, Entry)>,
     /// A storage failure met where it could not be returned; it stops the loop.
     broken: Option<StoreError>,
     /// When to checkpoint and how far to compact.
@@ -180,6 +191,7 @@ pub fn start(
         events,
         numbers,
         pending: PendingRequests::new(Instant::now()),
+        proposing: Vec::new(),
         broken: None,
         policy,
         dirty: Dirty::default(),
@@ -273,8 +285,12 @@ impl<L: RaftLog> NodeLoop<L> {
     fn resend(&mut self) {
         let current = leadership(&self.raw);
         let every = self.cfg.tick * (2 * self.cfg.heartbeat_ticks.max(1)) as u32;
+        let mut proposer = Proposer {
+            raw: &mut self.raw,
+            batch: &mut self.proposing,
+        };
         self.pending
-            .resend(&mut self.raw, current, Instant::now(), every);
+            .resend(&mut proposer, current, Instant::now(), every);
     }
 
     /// Group commit: takes everything already queued (requests and peer traffic) before one
@@ -326,8 +342,12 @@ impl<L: RaftLog> NodeLoop<L> {
                     command,
                 };
                 self.metrics.proposals.inc();
+                let mut proposer = Proposer {
+                    raw: &mut self.raw,
+                    batch: &mut self.proposing,
+                };
                 self.pending.propose(
-                    &mut self.raw,
+                    &mut proposer,
                     request,
                     codec::encode(&proposal),
                     reply,
@@ -340,8 +360,12 @@ impl<L: RaftLog> NodeLoop<L> {
                     return;
                 };
                 let ctx = read_context(self.cfg.id, request);
+                let mut proposer = Proposer {
+                    raw: &mut self.raw,
+                    batch: &mut self.proposing,
+                };
                 self.pending
-                    .read(&mut self.raw, request, ctx, reply, Instant::now());
+                    .read(&mut proposer, request, ctx, reply, Instant::now());
             }
             Msg::ChangeMembership(change, reply) => self.propose_membership(change, reply),
             Msg::TransferLeader(to, reply) => {
@@ -394,7 +418,26 @@ impl<L: RaftLog> NodeLoop<L> {
         self.pending.expire(Instant::now(), limit, unavailable);
     }
 
+    /// Steps this turn's proposals into Raft as one proposal message: one append per follower
+    /// for all of them. Those Raft refuses are offered again later.
+    fn step_proposals(&mut self) {
+        if self.proposing.is_empty() {
+            return;
+        }
+        let (requests, entries): (Vec<u64>, Vec<Entry>) = self.proposing.drain(..).unzip();
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.cfg.id;
+        m.set_entries(entries.into());
+        // What `RawNode::propose` does with one entry.
+        if let Err(e) = self.raw.raft.step(m) {
+            tracing::debug!(error = %e, proposals = requests.len(), "proposals not taken yet; they are proposed again");
+            self.pending.not_taken(&requests);
+        }
+    }
+
     fn on_ready(&mut self) -> Result<(), StoreError> {
+        self.step_proposals();
         if !self.raw.has_ready() {
             return Ok(());
         }
@@ -404,9 +447,15 @@ impl<L: RaftLog> NodeLoop<L> {
         if !rd.messages().is_empty() {
             self.send(rd.take_messages());
         }
+        // What this Ready persists goes to the log as one batch: the snapshot's position, the
+        // entries, the hard state.
+        let mut write = LogWrite::default();
         if !rd.snapshot().is_empty() {
-            let snap = rd.snapshot().clone();
-            self.state = store.install_snapshot(&snap, &self.states)?;
+            let snap = rd.snapshot();
+            // The state machine first, synced, then the log: a crash in between leaves a newer
+            // state over an older log, whose entries `apply` skips.
+            self.state = self.states.install(&snap.data)?;
+            write.snapshot = Some(snap.get_metadata().clone());
             // The snapshot replaced the whole stored state: nothing older is dirty.
             self.dirty = Dirty::default();
             self.checkpointed = self.state.applied_index;
@@ -425,18 +474,20 @@ impl<L: RaftLog> NodeLoop<L> {
                 self.pending.read_confirmed(request, rs.index);
             }
         }
-        if let Some(hs) = rd.hs() {
-            store.set_hard_state(hs)?;
-        }
+        write.entries = rd.take_entries();
+        write.hard_state = rd.hs().cloned();
+        let must_sync = rd.must_sync() || !write.entries.is_empty() || write.snapshot.is_some();
+        store.write(write)?;
+        // Committed entries are on a majority's disks already; applying them needs no sync of
+        // what this Ready wrote (a conf change applied here is written after it).
         let committed = rd.take_committed_entries();
         self.apply(committed)?;
-        if !rd.entries().is_empty() {
-            store.append(rd.entries())?;
-        }
         if let Some(ss) = rd.ss() {
             self.on_role_change(ss.raft_state);
         }
-        if rd.must_sync() || !rd.entries().is_empty() {
+        // One fsync for everything above, before any message or acknowledgement that depends
+        // on it.
+        if must_sync {
             store.sync()?;
         }
         if !rd.persisted_messages().is_empty() {

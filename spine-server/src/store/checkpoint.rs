@@ -108,7 +108,7 @@ impl Dirty {
 #[derive(Clone, Debug)]
 pub struct StateStore {
     store: Store,
-    pub(super) tree: sled::Tree,
+    tree: sled::Tree,
 }
 
 fn corrupt(key: &[u8], reason: impl ToString) -> StoreError {
@@ -174,9 +174,20 @@ impl StateStore {
         );
     }
 
-    /// A batch replacing everything with a snapshot's image (as the snapshot carries it), and
-    /// the state it describes.
-    pub(super) fn replace_batch(&self, image: &[u8]) -> Result<(sled::Batch, State), StoreError> {
+    /// Replaces everything with a snapshot's image (as the snapshot carries it) in one atomic
+    /// batch, syncs it, and returns the state it describes. The log's part of installing the
+    /// snapshot comes after this (see [`super::LogWrite::snapshot`]).
+    pub fn install(&self, image: &[u8]) -> Result<State, StoreError> {
+        let (batch, state) = self.replace_batch(image)?;
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| self.store.err(e))?;
+        self.store.sync()?;
+        Ok(state)
+    }
+
+    /// A batch replacing everything with a snapshot's image, and the state it describes.
+    fn replace_batch(&self, image: &[u8]) -> Result<(sled::Batch, State), StoreError> {
         let image: StateImage = codec::decode(image).map_err(|e| corrupt(b"snapshot", e))?;
         let state = State::from_image(image);
         let mut batch = sled::Batch::default();
@@ -266,7 +277,7 @@ impl StateStore {
 mod tests {
     use super::*;
     use crate::state::{ApplyConfig, Command};
-    use crate::store::{RaftLog, RaftStore};
+    use crate::store::{LogWrite, RaftLog, RaftStore};
     use raft::Storage as _;
     use serde_json::json;
     use sharing_map::{AppName, ChangeSet, Entry as MapEntry, MapName};
@@ -337,7 +348,12 @@ mod tests {
         let store2 = Store::open(dir2.path())?;
         let raft2 = RaftStore::open(&store2, &[])?;
         let states2 = StateStore::open(&store2)?;
-        let installed = raft2.install_snapshot(&snap, &states2)?;
+        let installed = states2.install(&snap.data)?;
+        raft2.write(LogWrite {
+            snapshot: Some(snap.get_metadata().clone()),
+            ..LogWrite::default()
+        })?;
+        raft2.sync()?;
         assert_eq!(installed.digest(), state.digest());
         assert_eq!(states2.load()?.digest(), state.digest());
         assert_eq!(raft2.first_index()?, 14);

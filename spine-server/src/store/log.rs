@@ -1,49 +1,35 @@
-//! The Raft log in sled (tree `raft`): one record per entry, the hard state, the configuration,
-//! the position of the last snapshot or compaction, and the floor of reserved request numbers.
-//! It implements raft-rs's [`raft::Storage`] and the node loop's [`RaftLog`].
+//! The Raft log: spine-raft-log in the data directory's `raft-log/` (entries, hard state,
+//! configuration, snapshot position), and the floor of reserved request numbers in sled's tree
+//! `raft`. It implements raft-rs's [`raft::Storage`] and the node loop's [`RaftLog`].
 //!
 //! Snapshots are produced on demand from the newest applied state, which the node loop publishes
 //! into `applied` after every apply (it is the only writer, so the image is consistent with the
 //! index it claims).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use sharing_map::codec;
+use spine_raft_log::{LogBatch, Options};
 
-use super::{RaftLog, StateStore, Store, StoreError, corrupt};
+use super::legacy::{self, Layout};
+use super::{LogWrite, RaftLog, Store, StoreError};
 use crate::state::State;
 
-const HARD_STATE: &[u8] = b"hs";
-const CONF_STATE: &[u8] = b"cs";
-const SNAP_META: &[u8] = b"sm";
 /// The first request number no life of this node has reserved yet.
 const REQUEST_FLOOR: &[u8] = b"rq";
-const LOG_PREFIX: u8 = b'l';
-fn log_key(index: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = LOG_PREFIX;
-    k[1..].copy_from_slice(&index.to_be_bytes());
-    k
-}
 
-#[derive(Clone, Debug, Default)]
-struct LogMeta {
-    hard_state: HardState,
-    conf_state: ConfState,
-    snap_index: u64,
-    snap_term: u64,
-    last: u64,
-}
-
-/// The Raft log and hard state in sled.
+/// The Raft log of a node.
 #[derive(Clone)]
 pub struct RaftStore {
-    store: Store,
-    tree: sled::Tree,
-    meta: Arc<Mutex<LogMeta>>,
+    // Declared before `store`, so dropped first: the log is open only while sled's lock on the
+    // data directory is held.
+    log: Arc<Mutex<spine_raft_log::RaftLog>>,
     applied: Arc<Mutex<Arc<State>>>,
+    /// sled's tree `raft`, which holds the request floor.
+    requests: sled::Tree,
+    store: Store,
 }
 
 impl std::fmt::Debug for RaftStore {
@@ -52,85 +38,74 @@ impl std::fmt::Debug for RaftStore {
     }
 }
 
-fn decode_pb<M: protobuf::Message>(
-    tree: &'static str,
-    key: &[u8],
-    bytes: &[u8],
-) -> Result<M, StoreError> {
-    M::parse_from_bytes(bytes).map_err(|e| StoreError::Corrupt {
-        tree,
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
-}
-
-fn encode_pb<M: protobuf::Message>(m: &M) -> Vec<u8> {
-    // Encoding an in-memory protobuf message into a Vec cannot fail.
-    m.write_to_bytes().unwrap_or_default()
-}
-
-fn storage_error(e: StoreError) -> raft::Error {
-    raft::Error::Store(StorageError::Other(Box::new(e)))
+fn open_log(dir: &std::path::Path) -> Result<spine_raft_log::RaftLog, StoreError> {
+    Ok(spine_raft_log::RaftLog::open(dir, Options::default())?)
 }
 
 impl RaftStore {
-    /// Opens the Raft part of `store`. A new store is initialized with `initial_voters` (all
-    /// bootstrap members use the same list), or left empty to join an existing group.
+    /// Opens the Raft log of `store`, moving it out of sled first if an older version kept it
+    /// there. A new log is initialized with `initial_voters` (all bootstrap members use the same
+    /// list), or left empty to join an existing group.
     pub fn open(store: &Store, initial_voters: &[u64]) -> Result<Self, StoreError> {
         let tree = store.tree("raft")?;
-        let get = |k: &[u8]| tree.get(k).map_err(|e| store.err(e));
-        let mut meta = LogMeta::default();
-        if let Some(b) = get(HARD_STATE)? {
-            meta.hard_state = decode_pb("raft", HARD_STATE, &b)?;
-        }
-        if let Some(b) = get(CONF_STATE)? {
-            meta.conf_state = decode_pb("raft", CONF_STATE, &b)?;
-        } else if !initial_voters.is_empty() {
-            meta.conf_state.voters = initial_voters.to_vec();
-            tree.insert(CONF_STATE, encode_pb(&meta.conf_state))
-                .map_err(|e| store.err(e))?;
-        }
-        if let Some(b) = get(SNAP_META)? {
-            if b.len() != 16 {
-                return Err(StoreError::Corrupt {
-                    tree: "raft",
-                    key: "sm".into(),
-                    reason: format!("{} bytes, expected 16", b.len()),
+        let dir = store.log_dir();
+        let layout = legacy::layout(store, &tree)?;
+        let mut log = match layout {
+            Layout::Moved if !dir.is_dir() => {
+                return Err(StoreError::MissingLog {
+                    dir: dir.display().to_string(),
                 });
             }
-            let mut idx = [0u8; 8];
-            let mut term = [0u8; 8];
-            idx.copy_from_slice(&b[..8]);
-            term.copy_from_slice(&b[8..]);
-            meta.snap_index = u64::from_be_bytes(idx);
-            meta.snap_term = u64::from_be_bytes(term);
-        }
-        meta.last = match tree
-            .scan_prefix([LOG_PREFIX])
-            .keys()
-            .next_back()
-            .transpose()
-            .map_err(|e| store.err(e))?
-        {
-            Some(k) if k.len() == 9 => {
-                let mut idx = [0u8; 8];
-                idx.copy_from_slice(&k[1..]);
-                u64::from_be_bytes(idx)
+            Layout::Moved | Layout::None => open_log(&dir)?,
+            Layout::InSled => {
+                // What is there is a copy that a crash cut short: the sled log is the truth
+                // until the move completes.
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir).map_err(|source| StoreError::Io {
+                        path: dir.display().to_string(),
+                        source,
+                    })?;
+                }
+                let mut log = open_log(&dir)?;
+                legacy::migrate(store, &tree, &mut log, &dir)?;
+                log
             }
-            _ => meta.snap_index,
         };
+        let recovery = log.recovery();
+        if recovery.torn_bytes > 0 || recovery.removed_segment {
+            tracing::warn!(
+                torn_bytes = recovery.torn_bytes,
+                removed_segment = recovery.removed_segment,
+                dir = %dir.display(),
+                "dropped the torn tail of the Raft log: a write the process did not finish \
+                 (never synced, so never acknowledged)"
+            );
+        }
+        if *log.conf_state() == ConfState::default() && !initial_voters.is_empty() {
+            let mut batch = LogBatch::new();
+            batch.set_conf_state(ConfState {
+                voters: initial_voters.to_vec(),
+                ..Default::default()
+            });
+            log.write(batch)?;
+            log.sync()?;
+        }
+        if layout == Layout::None {
+            // Only once the log exists: a mark without it would refuse the next start.
+            legacy::mark_moved(store, &tree)?;
+        }
         Ok(Self {
-            store: store.clone(),
-            tree,
-            meta: Arc::new(Mutex::new(meta)),
+            log: Arc::new(Mutex::new(log)),
             applied: Arc::new(Mutex::new(Arc::new(State::default()))),
+            requests: tree,
+            store: store.clone(),
         })
     }
 
-    fn meta(&self) -> std::sync::MutexGuard<'_, LogMeta> {
-        // A poisoned lock means a panic elsewhere; the data itself is still consistent because
-        // every mutation is completed before the guard is dropped.
-        self.meta.lock().unwrap_or_else(|p| p.into_inner())
+    fn log(&self) -> MutexGuard<'_, spine_raft_log::RaftLog> {
+        // A poisoned lock means a panic elsewhere; the log itself refuses writes after any
+        // failure it saw, and a panic between its calls leaves it consistent.
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -140,35 +115,58 @@ impl RaftLog for RaftStore {
     }
 
     fn hard_state(&self) -> HardState {
-        self.meta().hard_state.clone()
+        self.log().hard_state().clone()
     }
 
     fn first(&self) -> u64 {
-        self.meta().snap_index + 1
+        self.log().first_index()
     }
 
-    fn append(&self, entries: &[Entry]) -> Result<(), StoreError> {
-        let Some(first) = entries.first() else {
+    fn write(&self, write: LogWrite) -> Result<(), StoreError> {
+        let mut log = self.log();
+        let mut batch = LogBatch::new();
+        let mut hard_state = write.hard_state;
+        if let Some(md) = &write.snapshot {
+            batch
+                .restore(md.index, md.term)
+                .set_conf_state(md.get_conf_state().clone());
+            // raft-rs refuses to start with a commit index below the log's first entry: with
+            // the position goes a hard state that has the snapshot committed.
+            let mut hs = hard_state.unwrap_or_else(|| log.hard_state().clone());
+            hs.commit = hs.commit.max(md.index);
+            hs.term = hs.term.max(md.term);
+            hard_state = Some(hs);
+        }
+        batch.append(write.entries);
+        if let Some(hs) = hard_state {
+            batch.set_hard_state(hs);
+        }
+        Ok(log.write(batch)?)
+    }
+
+    fn set_commit(&self, commit: u64) -> Result<(), StoreError> {
+        let mut log = self.log();
+        if log.hard_state().commit == commit {
             return Ok(());
-        };
-        let mut meta = self.meta();
-        let mut batch = sled::Batch::default();
-        for stale in first.index..=meta.last {
-            batch.remove(&log_key(stale));
         }
-        for e in entries {
-            batch.insert(&log_key(e.index), encode_pb(e));
-        }
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| self.store.err(e))?;
-        meta.last = entries[entries.len() - 1].index;
-        Ok(())
+        let mut hs = log.hard_state().clone();
+        hs.commit = commit;
+        Ok(log.set_hard_state(&hs)?)
+    }
+
+    fn set_conf_state(&self, cs: &ConfState) -> Result<(), StoreError> {
+        let mut batch = LogBatch::new();
+        batch.set_conf_state(cs.clone());
+        Ok(self.log().write(batch)?)
+    }
+
+    fn compact(&self, index: u64) -> Result<(), StoreError> {
+        Ok(self.log().compact(index)?)
     }
 
     fn reserve_requests(&self, count: u64) -> Result<u64, StoreError> {
         let first = match self
-            .tree
+            .requests
             .get(REQUEST_FLOOR)
             .map_err(|e| self.store.err(e))?
         {
@@ -183,111 +181,31 @@ impl RaftLog for RaftStore {
             None => 1,
         };
         let end = first.saturating_add(count);
-        self.tree
+        self.requests
             .insert(REQUEST_FLOOR, &end.to_be_bytes())
             .map_err(|e| self.store.err(e))?;
         self.store.sync()?;
         Ok(first)
     }
 
-    fn set_hard_state(&self, hs: &HardState) -> Result<(), StoreError> {
-        self.tree
-            .insert(HARD_STATE, encode_pb(hs))
-            .map_err(|e| self.store.err(e))?;
-        self.meta().hard_state = hs.clone();
-        Ok(())
-    }
-
-    fn set_commit(&self, commit: u64) -> Result<(), StoreError> {
-        let mut hs = self.hard_state();
-        hs.commit = commit;
-        self.set_hard_state(&hs)
-    }
-
-    fn set_conf_state(&self, cs: &ConfState) -> Result<(), StoreError> {
-        self.tree
-            .insert(CONF_STATE, encode_pb(cs))
-            .map_err(|e| self.store.err(e))?;
-        self.meta().conf_state = cs.clone();
-        Ok(())
-    }
-
-    fn install_snapshot(&self, snap: &Snapshot, states: &StateStore) -> Result<State, StoreError> {
-        let (state_batch, state) = states.replace_batch(&snap.data)?;
-        let md = snap.get_metadata();
-        let mut meta = self.meta();
-        let mut batch = sled::Batch::default();
-        for k in self.tree.scan_prefix([LOG_PREFIX]).keys() {
-            batch.remove(k.map_err(|e| self.store.err(e))?);
-        }
-        let mut sm = Vec::with_capacity(16);
-        sm.extend_from_slice(&md.index.to_be_bytes());
-        sm.extend_from_slice(&md.term.to_be_bytes());
-        batch.insert(SNAP_META, sm);
-        let mut hs = meta.hard_state.clone();
-        hs.term = hs.term.max(md.term);
-        hs.commit = md.index;
-        batch.insert(HARD_STATE, encode_pb(&hs));
-        batch.insert(CONF_STATE, encode_pb(md.get_conf_state()));
-        use sled::Transactional as _;
-        (&self.tree, &states.tree)
-            .transaction(|(raft_tx, state_tx)| {
-                raft_tx.apply_batch(&batch)?;
-                state_tx.apply_batch(&state_batch)?;
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(e) => self.store.err(e),
-                sled::transaction::TransactionError::Abort(()) => {
-                    corrupt("state", b"snapshot", "transaction aborted")
-                }
-            })?;
-        meta.hard_state = hs;
-        meta.conf_state = md.get_conf_state().clone();
-        meta.snap_index = md.index;
-        meta.snap_term = md.term;
-        meta.last = md.index;
-        Ok(state)
-    }
-
-    fn compact(&self, index: u64) -> Result<(), StoreError> {
-        let first = self.first();
-        if index <= first {
-            return Ok(());
-        }
-        let term = raft::Storage::term(self, index - 1).map_err(|e| StoreError::Corrupt {
-            tree: "raft",
-            key: format!("log {}", index - 1),
-            reason: e.to_string(),
-        })?;
-        let mut batch = sled::Batch::default();
-        for i in first..index {
-            batch.remove(&log_key(i));
-        }
-        let mut sm = Vec::with_capacity(16);
-        sm.extend_from_slice(&(index - 1).to_be_bytes());
-        sm.extend_from_slice(&term.to_be_bytes());
-        batch.insert(SNAP_META, sm);
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| self.store.err(e))?;
-        let mut meta = self.meta();
-        meta.snap_index = index - 1;
-        meta.snap_term = term;
-        Ok(())
-    }
-
     fn sync(&self) -> Result<(), StoreError> {
-        self.store.sync()
+        let mut log = self.log();
+        log.sync()?;
+        // A freed segment file left behind costs disk space until the next start removes it;
+        // durability does not depend on it.
+        for e in log.take_removal_errors() {
+            tracing::warn!(error = %e, "a compacted Raft log segment was not removed");
+        }
+        Ok(())
     }
 }
 
 impl raft::Storage for RaftStore {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        let meta = self.meta();
+        let log = self.log();
         Ok(RaftState::new(
-            meta.hard_state.clone(),
-            meta.conf_state.clone(),
+            log.hard_state().clone(),
+            log.conf_state().clone(),
         ))
     }
 
@@ -298,56 +216,19 @@ impl raft::Storage for RaftStore {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let first = self.first();
-        if low < first {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        let mut out = Vec::with_capacity((high.saturating_sub(low)) as usize);
-        for item in self.tree.range(log_key(low)..log_key(high)) {
-            let (k, v) = item.map_err(|e| storage_error(self.store.err(e)))?;
-            out.push(decode_pb::<Entry>("raft", &k, &v).map_err(storage_error)?);
-        }
-        if out.len() as u64 != high.saturating_sub(low) {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
-        raft::util::limit_size(&mut out, max_size.into());
-        Ok(out)
+        Ok(self.log().entries(low, high, max_size.into())?)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        let (snap_index, snap_term, last) = {
-            let m = self.meta();
-            (m.snap_index, m.snap_term, m.last)
-        };
-        if idx == snap_index {
-            return Ok(snap_term);
-        }
-        if idx < snap_index {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        if idx > last {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
-        let key = log_key(idx);
-        match self
-            .tree
-            .get(key)
-            .map_err(|e| storage_error(self.store.err(e)))?
-        {
-            Some(v) => Ok(decode_pb::<Entry>("raft", &key, &v)
-                .map_err(storage_error)?
-                .term),
-            None => Err(raft::Error::Store(StorageError::Unavailable)),
-        }
+        Ok(self.log().term(idx)?)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.first())
+        Ok(self.log().first_index())
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        let m = self.meta();
-        Ok(m.last.max(m.snap_index))
+        Ok(self.log().last_index())
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
@@ -386,8 +267,13 @@ mod tests {
         Entry {
             index,
             term,
+            data: format!("entry {index} term {term}").into_bytes().into(),
             ..Default::default()
         }
+    }
+
+    fn entries(raft: &RaftStore, low: u64, high: u64) -> raft::Result<Vec<Entry>> {
+        raft.entries(low, high, None, GetEntriesContext::empty(false))
     }
 
     #[test]
@@ -396,16 +282,22 @@ mod tests {
         {
             let store = Store::open(dir.path())?;
             let raft = RaftStore::open(&store, &[1, 2, 3])?;
-            raft.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>())?;
-            raft.append(&[entry(4, 2)])?;
+            raft.write(LogWrite {
+                entries: (1..=5).map(|i| entry(i, 1)).collect(),
+                ..LogWrite::default()
+            })?;
             let hs = HardState {
                 term: 2,
                 vote: 1,
                 commit: 3,
                 ..Default::default()
             };
-            raft.set_hard_state(&hs)?;
-            store.sync()?;
+            raft.write(LogWrite {
+                entries: vec![entry(4, 2)],
+                hard_state: Some(hs),
+                ..LogWrite::default()
+            })?;
+            raft.sync()?;
         }
         let store = Store::open(dir.path())?;
         let raft = RaftStore::open(&store, &[])?;
@@ -418,15 +310,8 @@ mod tests {
         raft.compact(3)?;
         assert_eq!(raft.first_index()?, 3);
         assert_eq!(raft.term(2)?, 1);
-        assert!(
-            raft.entries(1, 3, None, GetEntriesContext::empty(false))
-                .is_err()
-        );
-        assert_eq!(
-            raft.entries(3, 5, None, GetEntriesContext::empty(false))?
-                .len(),
-            2
-        );
+        assert!(entries(&raft, 1, 3).is_err());
+        assert_eq!(entries(&raft, 3, 5)?.len(), 2);
         Ok(())
     }
 
@@ -445,5 +330,131 @@ mod tests {
         let raft = RaftStore::open(&store, &[])?;
         assert_eq!(raft.reserve_requests(10)?, first + 10);
         Ok(())
+    }
+
+    /// A data directory as the versions with the log in sled left it: compacted to entry 10
+    /// (term 2), entries 11..=40 with a term change at 31, a vote, request numbers reserved.
+    fn write_sled_log(dir: &std::path::Path) -> Result<Vec<Entry>, Box<dyn std::error::Error>> {
+        let store = Store::open(dir)?;
+        let tree = store.tree("raft")?;
+        let log: Vec<Entry> = (11..=40)
+            .map(|i| entry(i, if i <= 30 { 2 } else { 3 }))
+            .collect();
+        let hs = HardState {
+            term: 3,
+            vote: 2,
+            commit: 37,
+            ..Default::default()
+        };
+        let cs = ConfState {
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+            ..Default::default()
+        };
+        legacy::write::log(&tree, &hs, &cs, (10, 2), &log)?;
+        tree.insert(REQUEST_FLOOR, &500u64.to_be_bytes())?;
+        store.sync()?;
+        Ok(log)
+    }
+
+    fn assert_moved(raft: &RaftStore, log: &[Entry]) -> Result<(), Box<dyn std::error::Error>> {
+        assert_eq!((raft.first_index()?, raft.last_index()?), (11, 40));
+        assert_eq!(raft.term(10)?, 2);
+        assert_eq!(entries(raft, 11, 41)?, log);
+        let st = raft.initial_state()?;
+        assert_eq!(
+            (st.hard_state.term, st.hard_state.vote, st.hard_state.commit),
+            (3, 2, 37)
+        );
+        assert_eq!(
+            (st.conf_state.voters, st.conf_state.learners),
+            (vec![1, 2, 3], vec![4])
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_log_in_sled_moves_into_the_raft_log_at_the_first_start()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let log = write_sled_log(dir.path())?;
+        {
+            let store = Store::open(dir.path())?;
+            // Initial voters do not override the moved configuration.
+            let raft = RaftStore::open(&store, &[1, 2, 3])?;
+            assert_moved(&raft, &log)?;
+            assert_eq!(raft.reserve_requests(10)?, 500);
+            let tree = store.tree("raft")?;
+            assert_eq!(
+                tree.len(),
+                2,
+                "only the request floor and the mark are left"
+            );
+            // A version before this one refuses an `sm` that is not 16 bytes.
+            assert_ne!(tree.get(b"sm")?.map(|v| v.len()), Some(16));
+            // The moved log goes on.
+            raft.write(LogWrite {
+                entries: vec![entry(41, 3)],
+                ..LogWrite::default()
+            })?;
+            raft.sync()?;
+        }
+        let store = Store::open(dir.path())?;
+        let raft = RaftStore::open(&store, &[])?;
+        assert_eq!(raft.last_index()?, 41);
+        assert_eq!(entries(&raft, 11, 41)?, log, "moved once, not again");
+        assert_eq!(raft.reserve_requests(10)?, 510);
+        Ok(())
+    }
+
+    #[test]
+    fn a_move_cut_short_by_a_crash_starts_over() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let log = write_sled_log(dir.path())?;
+        let log_dir = {
+            // The new log as a power loss mid-move could leave it: part of the entries, and a
+            // damaged record with intact ones after it, which the log refuses to open.
+            let store = Store::open(dir.path())?;
+            let mut partial = spine_raft_log::RaftLog::open(store.log_dir(), Options::default())?;
+            let mut batch = LogBatch::new();
+            batch.restore(10, 2).append(log[..5].to_vec());
+            partial.write(batch)?;
+            partial.append(&log[5..10])?;
+            partial.sync()?;
+            store.log_dir()
+        };
+        let segment = std::fs::read_dir(&log_dir)?
+            .next()
+            .ok_or("no segment file")??
+            .path();
+        let mut bytes = std::fs::read(&segment)?;
+        let middle = bytes.len() / 3;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&segment, bytes)?;
+        assert!(spine_raft_log::RaftLog::open(&log_dir, Options::default()).is_err());
+        let store = Store::open(dir.path())?;
+        assert_moved(&RaftStore::open(&store, &[])?, &log)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_log_directory_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let log_dir = {
+            let store = Store::open(dir.path())?;
+            let raft = RaftStore::open(&store, &[1])?;
+            raft.write(LogWrite {
+                entries: vec![entry(1, 1)],
+                ..LogWrite::default()
+            })?;
+            raft.sync()?;
+            store.log_dir()
+        };
+        std::fs::remove_dir_all(&log_dir)?;
+        let store = Store::open(dir.path())?;
+        match RaftStore::open(&store, &[1]) {
+            Err(StoreError::MissingLog { .. }) => Ok(()),
+            other => Err(format!("expected MissingLog, got {other:?}").into()),
+        }
     }
 }

@@ -1,53 +1,75 @@
-//! Durable storage in sled, in two parts with a boundary between them:
+//! Durable storage in two parts with a boundary between them:
 //!
 //! ```text
-//!   node loop ──RaftLog──▶ log.rs: RaftStore    (tree "raft": entries, hard state, conf state,
-//!       │                                        snapshot position, request numbers)
-//!       └──checkpoint───▶ checkpoint.rs: StateStore (tree "state": maps, applied position)
-//!                          both in one sled database: Store::sync fsyncs it
+//!   node loop ──RaftLog──▶ log.rs: RaftStore    (spine-raft-log in <data>/raft-log/: entries, hard
+//!       │                                        state, conf state; one write + one fsync per Ready)
+//!       └──checkpoint───▶ checkpoint.rs: StateStore (sled tree "state": maps, applied position)
+//!                          sled also keeps the floor of reserved request numbers (tree "raft")
 //! ```
 //!
-//! Each write is one sled batch (atomic within its tree); [`Store::sync`] fsyncs the database
-//! and is called before anything that depends on the write is acknowledged or sent.
+//! The Raft log is what makes an update durable. Each raft-rs `Ready` is written to it as one
+//! batch ([`LogWrite`]), atomic after a crash, and [`RaftLog::sync`] makes it durable with one
+//! fsync before anything that depends on it is acknowledged or sent; sled is not synced on that
+//! path.
 //!
-//! The Raft log is what makes an update durable. The state machine is written as *checkpoints*:
-//! every so often the maps changed since the last checkpoint are written in one batch, with the
-//! applied index they describe ([`Dirty`], [`StateStore::checkpoint`]). A map updated many times
-//! between two checkpoints is written once. After a restart the node loads the last checkpoint and
-//! Raft replays the log entries after it, so the log is never compacted past a checkpoint.
-//! Retained change-set history lives in memory only: after a restart it starts at the
-//! checkpoint (replayed entries add to it), and older resumes get a snapshot.
+//! The state machine is written as *checkpoints* in sled: every so often the maps changed since
+//! the last checkpoint are written in one batch, with the applied index they describe ([`Dirty`],
+//! [`StateStore::checkpoint`]), and sled is synced. A map updated many times between two
+//! checkpoints is written once. After a restart the node loads the last checkpoint and Raft
+//! replays the log entries after it, so the log is never compacted past a checkpoint. Retained
+//! change-set history lives in memory only: after a restart it starts at the checkpoint (replayed
+//! entries add to it), and older resumes get a snapshot.
 //!
-//! The node loop uses the log only through [`RaftLog`] (and raft-rs's [`raft::Storage`]), so a
-//! log engine built for Raft logs can replace the sled log behind it while checkpoints stay in
-//! sled. Installing a snapshot is the one operation that writes both parts: it replaces the state
-//! and resets the log in one transaction.
+//! Installing a received snapshot writes both parts, the state machine first:
+//! [`StateStore::install`] stores and syncs the image, then the Ready's [`LogWrite`] carries the
+//! snapshot's position, which replaces the log. A crash in between leaves a newer state machine
+//! over an older log, whose entries at or below the applied index the apply loop skips.
+//!
+//! Versions before this one kept the Raft log in sled too (tree `raft`, one record per entry);
+//! [`RaftStore::open`] moves such a log into the new one at the first start (`legacy.rs`).
+//!
+//! The log takes no lock of its own: it lives inside the data directory, which sled locks, and
+//! each [`RaftStore`] holds the [`Store`], so the lock is held for as long as the log is open.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 
 use crate::state::State;
 
 mod checkpoint;
+mod legacy;
 mod log;
 
 pub use checkpoint::{Dirty, StateStore};
 pub use log::RaftStore;
 
+/// What one raft-rs `Ready` writes to the Raft log: one batch, recovered whole or not at all.
+#[derive(Clone, Debug, Default)]
+pub struct LogWrite {
+    /// The position of a snapshot this Ready installs (its state image already stored by
+    /// [`StateStore::install`]): the log is replaced by it, and the configuration is the
+    /// snapshot's.
+    pub snapshot: Option<SnapshotMetadata>,
+    /// New entries, replacing any conflicting tail.
+    pub entries: Vec<Entry>,
+    /// The hard state, if it changed.
+    pub hard_state: Option<HardState>,
+}
+
 /// What the node loop needs from a Raft log beyond raft-rs's read side ([`raft::Storage`]).
 ///
-/// Writes may be buffered; [`sync`](Self::sync) makes every write before it durable, and the
-/// loop calls it before it sends or acknowledges anything that depends on them.
+/// Writes are visible to reads at once and durable after [`sync`](Self::sync), which the loop
+/// calls before it sends or acknowledges anything that depends on them: one fsync per Ready,
+/// never one per entry.
 pub trait RaftLog: raft::Storage + Clone + Send + 'static {
     /// Current hard state.
     fn hard_state(&self) -> HardState;
     /// Index of the first entry still in the log.
     fn first(&self) -> u64;
-    /// Appends entries, replacing any conflicting tail.
-    fn append(&self, entries: &[Entry]) -> Result<(), StoreError>;
-    /// Records the hard state.
-    fn set_hard_state(&self, hs: &HardState) -> Result<(), StoreError>;
+    /// Writes one Ready's snapshot position, entries and hard state as one batch.
+    fn write(&self, write: LogWrite) -> Result<(), StoreError>;
     /// Records the commit index.
     fn set_commit(&self, commit: u64) -> Result<(), StoreError>;
     /// Records the configuration after a membership change.
@@ -59,10 +81,6 @@ pub trait RaftLog: raft::Storage + Clone + Send + 'static {
     fn reserve_requests(&self, count: u64) -> Result<u64, StoreError>;
     /// Publishes the newest applied state, which snapshots for followers are made of.
     fn set_applied(&self, state: Arc<State>);
-    /// Installs a received snapshot: the log is replaced by the snapshot's position and the
-    /// state machine in `states` by its image, so that a crash leaves either the old or the new
-    /// node; returns the new state.
-    fn install_snapshot(&self, snap: &Snapshot, states: &StateStore) -> Result<State, StoreError>;
     /// Makes every write so far durable.
     fn sync(&self) -> Result<(), StoreError>;
 }
@@ -78,6 +96,9 @@ pub enum StoreError {
         /// sled's error.
         source: sled::Error,
     },
+    /// The Raft log failed (its message names the file).
+    #[error(transparent)]
+    Log(#[from] spine_raft_log::LogError),
     /// A file operation failed.
     #[error("storage error on {path}: {source}")]
     Io {
@@ -96,6 +117,15 @@ pub enum StoreError {
         /// Why it is unreadable.
         reason: String,
     },
+    /// The database says the Raft log is in its own directory, and that directory is gone.
+    #[error(
+        "the Raft log directory {dir} is missing, but the data directory holds state that needs \
+         it; restore it from a backup, or empty the data directory and add the node again"
+    )]
+    MissingLog {
+        /// The log directory.
+        dir: String,
+    },
 }
 
 /// A record could not be decoded.
@@ -107,19 +137,21 @@ fn corrupt(tree: &'static str, key: &[u8], reason: impl ToString) -> StoreError 
     }
 }
 
-/// The node's database.
+/// The node's data directory: the sled database (checkpoints, request numbers) and the
+/// directory of the Raft log.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: sled::Db,
     /// sled's log file, to `fdatasync` it: sled itself ends a flush with `sync_file_range`,
     /// which does not flush the disk's write cache nor the file's size.
     log_file: Arc<std::fs::File>,
+    dir: PathBuf,
     path: String,
 }
 
 impl Store {
     /// Opens (or creates) the database in `dir`.
-    pub fn open(dir: &std::path::Path) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.display().to_string();
         let db = open_sled(dir).map_err(|source| StoreError::Sled {
             path: path.clone(),
@@ -133,8 +165,14 @@ impl Store {
         Ok(Self {
             db,
             log_file: Arc::new(log_file),
+            dir: dir.to_path_buf(),
             path,
         })
+    }
+
+    /// Where the Raft log's segment files are.
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.join("raft-log")
     }
 
     pub(super) fn err(&self, source: sled::Error) -> StoreError {
@@ -148,19 +186,15 @@ impl Store {
         self.db.open_tree(name).map_err(|e| self.err(e))
     }
 
-    /// Makes everything written so far durable: sled writes its buffers out, then the log file
-    /// is `fdatasync`ed (data, size, and the disk's write cache).
+    /// Makes everything written to sled so far durable: sled writes its buffers out, then its
+    /// log file is `fdatasync`ed (data, size, and the disk's write cache). The Raft log is
+    /// synced on its own ([`RaftLog::sync`]).
     pub fn sync(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(|e| self.err(e))?;
         self.log_file.sync_data().map_err(|source| StoreError::Io {
             path: format!("{}/db", self.path),
             source,
         })
-    }
-
-    /// Whether the database holds any Raft state yet.
-    pub fn is_new(&self) -> Result<bool, StoreError> {
-        Ok(self.tree("raft")?.is_empty() && self.tree("state")?.is_empty())
     }
 }
 
@@ -171,7 +205,7 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// database's lock for a moment, so a store reopened in the same process (a node restarted in
 /// place, a test) would otherwise fail with "could not acquire lock". Another process that
 /// holds the directory still gets the error, after [`LOCK_WAIT`].
-fn open_sled(dir: &std::path::Path) -> Result<sled::Db, sled::Error> {
+fn open_sled(dir: &Path) -> Result<sled::Db, sled::Error> {
     let started = std::time::Instant::now();
     loop {
         let opened = sled::Config::new()
