@@ -315,6 +315,11 @@ async fn dev(mut args: DevArgs) -> anyhow::Result<()> {
     served
 }
 
+/// mimalloc: the servers allocate small objects at a high rate (messages, JSON values, map
+/// nodes), where glibc malloc spent about a quarter of their CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run().await {
