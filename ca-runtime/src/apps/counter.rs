@@ -173,7 +173,15 @@ impl App for Counter {
             "dawdle" => {
                 let ms: u64 = arg(args, 0, "ms")?;
                 let ms = ms.min(MAX_DAWDLE_MS);
-                std::thread::sleep(std::time::Duration::from_millis(ms));
+                let nap = || std::thread::sleep(std::time::Duration::from_millis(ms));
+                // A turn that blocks tells a multi-threaded runtime, so the host's other tasks
+                // (other CAs, the agent, the committer) move to another thread meanwhile.
+                let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+                if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
+                    tokio::task::block_in_place(nap);
+                } else {
+                    nap();
+                }
                 Ok(json!(ms))
             }
             "allowed" => {
