@@ -976,6 +976,34 @@ async fn every_method_of_a_multi_call_reads_one_version_while_updates_land() -> 
             landed_during += 1;
         }
     }
+    // Speculative turns: messages that also change the reader's state, sent four at a time, so
+    // each runs while the previous one's checkpoint is in flight; each pins its own version.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let client = client.clone();
+        let mut calls = calls();
+        calls.insert(0, ca_client::MethodCall::new("increment", vec![]));
+        calls[2] = ca_client::MethodCall::new("dawdle", vec![json!(50)]);
+        tasks.push(tokio::spawn(async move {
+            let mut seen_here = Vec::new();
+            for _ in 0..5 {
+                let r = client.multi_call(APP, reader, calls.clone()).await?.result;
+                seen_here.push((seen(&r["before"])?, seen(&r)?));
+            }
+            anyhow::Ok(seen_here)
+        }));
+    }
+    for t in tasks {
+        for (first, last) in t.await?? {
+            assert_eq!(first, last, "a speculative turn read two versions");
+            versions.insert(last.0);
+        }
+    }
+    assert_eq!(
+        client.call(APP, reader, "get", vec![]).await?.result,
+        json!(20),
+        "every speculative turn committed"
+    );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let elapsed = started.elapsed();
     storm.await??;
