@@ -47,7 +47,9 @@ pub trait App: Send + Sync + 'static {
 
     /// What every message of a CA reads through the node agent (other writers' maps,
     /// aggregates), besides what [`App::reads_for`] adds per call: pinned once per message,
-    /// before it runs, and read through [`Cx::read`] and [`Cx::aggregate`].
+    /// before it runs, and read through [`Cx::read`] and [`Cx::aggregate`]. These are pinned for
+    /// the first turn (`__ca_init__`, `__ca_resume__`) too: if one does not exist, the CA does
+    /// not activate (its callers get `not_found`) until it does.
     fn reads(&self) -> Vec<ReadSpec> {
         Vec::new()
     }
@@ -135,7 +137,8 @@ impl Cx<'_> {
 
     /// The version of map `name` (a full name) pinned for this message: the same in every method
     /// of the message, the newest the node had when it began. Only maps the app declared in
-    /// [`App::reads`] or [`App::reads_for`] are pinned.
+    /// [`App::reads`] or [`App::reads_for`] are pinned. This is the committed state the node's
+    /// agent has: the CA's own writable maps, with its uncommitted writes, are [`Cx::map`]'s.
     pub fn read(&self, name: &str) -> MethodResult<&Snapshot> {
         self.reads.map(name).ok_or_else(|| {
             MethodError::Failed(format!(

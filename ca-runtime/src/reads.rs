@@ -19,7 +19,10 @@
 //!
 //! A map that does not exist (no version arrives within the agent's first-version timeout)
 //! fails the *message* that reads it with a `not_found` error naming the map, after that bounded
-//! wait; the CA goes on. Reads are in the CA's own app.
+//! wait; the CA goes on. Reads are in the CA's own app. Maps and aggregates are opened on first
+//! use and kept leased by the activation (at most [`MAX_HELD`]); only that first open waits, and
+//! while it does the activation takes no other message (a map that stays missing costs each
+//! message that reads it the full wait).
 
 use std::collections::BTreeMap;
 
