@@ -7,6 +7,11 @@
 //! before the checkpoint holding it is acknowledged. At most one checkpoint per CA is in flight,
 //! and it holds every turn run since the last one.
 //!
+//! Before each message, the activation pins one version of every map and aggregate the message
+//! reads ([`Reader`]): the turn, every method of a multi-call, sees only those (Isolation), and
+//! the next message pins the newest the node has (Fairness). A turn run while a checkpoint is
+//! in flight pins its own.
+//!
 //! A checkpoint that fails stops the activation: the callers of its turns get a retryable error
 //! (`moved` after a conflict, `checkpoint` otherwise), and the next activation loads whatever was
 //! committed. After an idle timeout the activation checkpoints what is left (intents carried
@@ -25,6 +30,7 @@ use crate::app::App;
 use crate::checkpoint::{CaState, Intent, state_map_name};
 use crate::committer::CommitError;
 use crate::host::HostInner;
+use crate::reads::{Pins, ReadSpec, ReadTarget, Reader};
 use crate::turn::{Call, Checkpoint, Committed, Ids, Working};
 
 /// Failed attempts after which an intent is parked.
@@ -76,6 +82,7 @@ pub(crate) struct Activation {
     waiters: Vec<Waiter>,
     in_flight: Option<InFlight>,
     running_intents: usize,
+    reader: Reader,
     me: mpsc::WeakSender<Envelope>,
 }
 
@@ -88,6 +95,7 @@ impl Activation {
         app: Arc<dyn App>,
         me: mpsc::WeakSender<Envelope>,
     ) -> Self {
+        let reader = Reader::new(host.agent.clone(), app_name.clone());
         Self {
             host,
             app_name,
@@ -100,6 +108,7 @@ impl Activation {
             waiters: Vec::new(),
             in_flight: None,
             running_intents: 0,
+            reader,
             me,
         }
     }
@@ -160,13 +169,14 @@ impl Activation {
             maps,
         };
         let mut working = Working::from_committed(&committed);
+        let pins = self.pin_for(&[]).await?;
         let (app, ca) = self.ids();
         let ids = Ids { app: &app, ca: &ca };
         let limits = &self.host.config.limits;
         if committed.state.meta.is_none() {
-            working.run_init(&*self.app, ids, &mut self.scratch, limits)?;
+            working.run_init(&*self.app, ids, &mut self.scratch, &pins, limits)?;
         } else {
-            working.run_resume(&*self.app, ids, &mut self.scratch, limits)?;
+            working.run_resume(&*self.app, ids, &mut self.scratch, &pins, limits)?;
         }
         // Intents a previous activation recorded but may not have carried out: redone first.
         let pending: Vec<Intent> = committed.state.pending_intents().cloned().collect();
@@ -174,6 +184,21 @@ impl Activation {
             self.carry_out(intent);
         }
         Ok((committed, working))
+    }
+
+    /// Pins what a message of `calls` reads: the app's [`App::reads`] and each call's
+    /// [`App::reads_for`], one version each, the newest the node's agent has.
+    async fn pin_for(&mut self, calls: &[Call]) -> Result<Pins, CaError> {
+        let mut specs: Vec<ReadSpec> = self.app.reads();
+        for call in calls {
+            specs.extend(self.app.reads_for(&call.method, &call.args));
+        }
+        let targets: std::collections::BTreeSet<ReadTarget> = specs
+            .iter()
+            .map(|s| s.resolve(&self.ca))
+            .collect::<Result<_, _>>()?;
+        let targets: Vec<ReadTarget> = targets.into_iter().collect();
+        self.reader.pin(&targets).await
     }
 
     async fn get_or_create(&self, name: &MapName) -> Result<SharingMap, CaError> {
@@ -215,11 +240,11 @@ impl Activation {
                     // Every sender is gone: the host is shutting down.
                     let Some(envelope) = envelope else { break };
                     last_activity = Instant::now();
-                    self.handle(&mut working, envelope);
+                    self.handle(&mut working, envelope).await;
                     // Take what else is queued now, so it joins the same checkpoint.
                     for _ in 0..256 {
                         match rx.try_recv() {
-                            Ok(envelope) => self.handle(&mut working, envelope),
+                            Ok(envelope) => self.handle(&mut working, envelope).await,
                             Err(_) => break,
                         }
                     }
@@ -243,23 +268,29 @@ impl Activation {
         None
     }
 
-    fn handle(&mut self, working: &mut Working, envelope: Envelope) {
+    /// Runs one message (its own pins, taken now: a turn run while a checkpoint is in flight
+    /// sees the newest versions too) or takes an intent's completion.
+    async fn handle(&mut self, working: &mut Working, envelope: Envelope) {
         match envelope {
             Envelope::Call {
                 calls,
                 reply,
                 arrived,
             } => {
+                let pins = self.pin_for(&calls).await;
                 let (app, ca) = self.ids();
                 let method = calls.first().map(|c| c.method.as_str()).unwrap_or_default();
                 let _turn = tracing::debug_span!("turn", method, calls = calls.len()).entered();
-                let outcome = working.run_calls(
-                    &*self.app,
-                    Ids { app: &app, ca: &ca },
-                    &mut self.scratch,
-                    &calls,
-                    &self.host.config.limits,
-                );
+                let outcome = pins.and_then(|pins| {
+                    working.run_calls(
+                        &*self.app,
+                        Ids { app: &app, ca: &ca },
+                        &mut self.scratch,
+                        &pins,
+                        &calls,
+                        &self.host.config.limits,
+                    )
+                });
                 self.waiters.push(Waiter {
                     reply,
                     outcome,

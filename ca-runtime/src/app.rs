@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use semver::Version;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sharing_map::{AppName, CaName, Transaction};
+use sharing_map::{AppName, CaName, Snapshot, Transaction};
+
+pub use crate::reads::ReadSpec;
+use crate::reads::{AggregateSnapshot, Pins};
 
 /// How a method fails.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +42,22 @@ pub trait App: Send + Sync + 'static {
     /// `alice-phone`): created at activation, written through [`Cx::map`], committed atomically
     /// with the checkpoint.
     fn maps(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// What every message of a CA reads through the node agent (other writers' maps,
+    /// aggregates), besides what [`App::reads_for`] adds per call: pinned once per message,
+    /// before it runs, and read through [`Cx::read`] and [`Cx::aggregate`]. These are pinned for
+    /// the first turn (`__ca_init__`, `__ca_resume__`) too: if one does not exist, the CA does
+    /// not activate (its callers get `not_found`) until it does.
+    fn reads(&self) -> Vec<ReadSpec> {
+        Vec::new()
+    }
+
+    /// What a call of `method` with `args` reads, besides [`App::reads`]: turns are synchronous,
+    /// so a method that picks what it reads from its arguments says so here, and the runtime
+    /// pins it before the message runs.
+    fn reads_for(&self, _method: &str, _args: &[Value]) -> Vec<ReadSpec> {
         Vec::new()
     }
 
@@ -78,7 +97,8 @@ pub struct NewIntent {
 }
 
 /// What a method sees: its CA, its state (checkpointed, rolled back on error), its scratch
-/// (memory only, never rolled back), its writable maps, and the intents it records.
+/// (memory only, never rolled back), its writable maps, the maps and aggregates it reads (one
+/// version each for the whole message), and the intents it records.
 #[derive(Debug)]
 pub struct Cx<'a> {
     pub(crate) app: &'a AppName,
@@ -90,6 +110,7 @@ pub struct Cx<'a> {
     pub(crate) maps: &'a mut BTreeMap<String, Transaction>,
     pub(crate) intents: &'a mut Vec<NewIntent>,
     pub(crate) plugins: &'a mut BTreeMap<String, Value>,
+    pub(crate) reads: &'a Pins,
 }
 
 impl Cx<'_> {
@@ -112,6 +133,34 @@ impl Cx<'_> {
                 "map {ca}-{local} is not one of the maps this app declares"
             ))
         })
+    }
+
+    /// The version of map `name` (a full name) pinned for this message: the same in every method
+    /// of the message, the newest the node had when it began. Only maps the app declared in
+    /// [`App::reads`] or [`App::reads_for`] are pinned. This is the committed state the node's
+    /// agent has: the CA's own writable maps, with its uncommitted writes, are [`Cx::map`]'s.
+    pub fn read(&self, name: &str) -> MethodResult<&Snapshot> {
+        self.reads.map(name).ok_or_else(|| {
+            MethodError::Failed(format!(
+                "map {name} is not read by this message (declare it in App::reads or App::reads_for)"
+            ))
+        })
+    }
+
+    /// The aggregate rooted at `root` as pinned for this message (one version of every map in
+    /// it), for `get_all` and `explain`; declared like [`Cx::read`]'s maps.
+    pub fn aggregate(&self, root: &str) -> MethodResult<&AggregateSnapshot> {
+        self.reads.aggregate(root).ok_or_else(|| {
+            MethodError::Failed(format!(
+                "aggregate {root} is not read by this message (declare it in App::reads or App::reads_for)"
+            ))
+        })
+    }
+
+    /// Whether the aggregate rule over `root`, as pinned for this message, grants `caller` (its
+    /// owner or full name has a value in some map of the aggregate).
+    pub fn check(&self, root: &str, caller: &CaName) -> MethodResult<bool> {
+        Ok(node_agent::aggregate::check(self.aggregate(root)?, caller))
     }
 
     /// The state of turn plugin `name` (see [`TurnPlugin`](crate::turn::TurnPlugin)), if the

@@ -1,5 +1,5 @@
 //! A host assembled from a JSON component description (DESIGN.md §10): `ca-runtime/host.json`
-//! names the parts (Spine client, intent plugins, apps, placement, the host engine, the client
+//! names the parts (Spine client, node agent, intent plugins, apps, placement, the host engine, the client
 //! endpoint) and their settings; [`registry`] has a factory for each module it names.
 //!
 //! Parts find the parts they use by name in the env (`"spine": "spine"`), created before them.
@@ -33,6 +33,9 @@ pub fn registry() -> Result<Registry, components::Error> {
         "ca-runtime#spine",
         |a: FactoryArgs| async move { spine(&a) },
     )?;
+    r.register("ca-runtime#agent", |a: FactoryArgs| async move {
+        agent(&a).await
+    })?;
     r.register("ca-runtime#log", |a: FactoryArgs| async move {
         Ok::<_, BoxError>(PluginPart(LogPlugin::new(PathBuf::from(str_of(
             &a.env, "path",
@@ -57,10 +60,27 @@ pub fn registry() -> Result<Registry, components::Error> {
     Ok(r)
 }
 
-/// The Spine client.
+/// The Spine client, and how it reaches the Spine (for parts that connect on their own).
 #[derive(Debug)]
-pub struct SpinePart(pub spine_client::Client);
+pub struct SpinePart {
+    /// The client.
+    pub client: spine_client::Client,
+    /// The Spine endpoints it was given.
+    pub endpoints: Vec<String>,
+    /// The token it presents.
+    pub token: Option<String>,
+}
 impl Component for SpinePart {}
+
+/// The node agent the host's CAs read other maps and aggregates through.
+#[derive(Debug)]
+pub struct AgentPart(pub node_agent::Agent);
+impl Component for AgentPart {
+    fn shutdown(&self) -> BoxFuture<'_, Result<(), BoxError>> {
+        self.0.shutdown();
+        Box::pin(async { Ok(()) })
+    }
+}
 
 /// An intent plugin.
 #[derive(Debug)]
@@ -194,11 +214,32 @@ fn spine(a: &FactoryArgs) -> Result<SpinePart, BoxError> {
     // Neither: `spine dev`'s admin token if the directory has one, else no token.
     let token_file = opt_str(&a.env, "token_file")?.map(PathBuf::from);
     let token = spine_client::resolve_token(opt_str(&a.env, "token")?, token_file.as_deref())?;
-    let mut builder = spine_client::Client::builder(endpoints);
-    if let Some(t) = token {
-        builder = builder.token(t);
+    let mut builder = spine_client::Client::builder(endpoints.clone());
+    if let Some(t) = &token {
+        builder = builder.token(t.clone());
     }
-    Ok(SpinePart(builder.build()?))
+    Ok(SpinePart {
+        client: builder.build()?,
+        endpoints,
+        token,
+    })
+}
+
+/// The node agent, connected to the Spine of part `spine` with its token (which must read the
+/// maps the CAs read; a host's admin token does).
+async fn agent(a: &FactoryArgs) -> Result<AgentPart, BoxError> {
+    let spine = part::<SpinePart>(a, "spine")?;
+    let config = node_agent::AgentConfig {
+        first_version_timeout: Duration::from_millis(u64_of(&a.env, "read_timeout_ms")?.max(1)),
+        versions_kept: u64_of(&a.env, "versions_kept")?.max(1) as usize,
+        idle_timeout: Duration::from_millis(u64_of(&a.env, "idle_ms")?.max(1)),
+        token: spine.token.clone(),
+        ..node_agent::AgentConfig::default()
+    };
+    let agent = node_agent::Agent::connect(spine.endpoints.clone(), config)
+        .await
+        .map_err(|e| format!("connecting the node agent to the Spine: {e}"))?;
+    Ok(AgentPart(agent))
 }
 
 fn placement(a: &FactoryArgs) -> Result<PlacementPart, BoxError> {
@@ -223,7 +264,7 @@ fn placement(a: &FactoryArgs) -> Result<PlacementPart, BoxError> {
         lease: Duration::from_millis(u64_of(&a.env, "lease_ms")?.max(100)),
     };
     Ok(PlacementPart(Some(Placement::new(
-        spine.0.clone(),
+        spine.client.clone(),
         config,
     )?)))
 }
@@ -231,6 +272,11 @@ fn placement(a: &FactoryArgs) -> Result<PlacementPart, BoxError> {
 fn host(a: &FactoryArgs) -> Result<HostPart, BoxError> {
     let spine = part::<SpinePart>(a, "spine")?;
     let placement = part::<PlacementPart>(a, "placement")?;
+    // Optional: a host without an agent serves apps that read no other maps.
+    let agent = match opt_str(&a.env, "agent")? {
+        Some(_) => Some(part::<AgentPart>(a, "agent")?.0.clone()),
+        None => None,
+    };
     let mut apps = Vec::new();
     for name in names_of(&a.env, "apps")? {
         let app = a
@@ -260,7 +306,8 @@ fn host(a: &FactoryArgs) -> Result<HostPart, BoxError> {
     };
     config.limits.max_state_bytes = u64_of(&a.env, "max_state_bytes")? as usize;
     Ok(HostPart(Host::new(
-        spine.0.clone(),
+        spine.client.clone(),
+        agent,
         apps,
         plugins,
         placement.0.clone(),
@@ -362,6 +409,7 @@ mod tests {
             names,
             [
                 "spine",
+                "agent",
                 "log",
                 "demo-counter",
                 "placement",

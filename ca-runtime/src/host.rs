@@ -64,6 +64,9 @@ pub(crate) struct HostInner {
     pub(crate) committer: Committer,
     pub(crate) plugins: Plugins,
     pub(crate) metrics: Arc<Metrics>,
+    /// The node agent activations read other maps and aggregates through (`None`: reads fail
+    /// with a clear error).
+    pub(crate) agent: Option<node_agent::Agent>,
     placement: Option<Arc<Placement>>,
     apps: BTreeMap<AppName, Arc<dyn App>>,
     slots: Mutex<HashMap<(AppName, CaName), Slot>>,
@@ -86,11 +89,12 @@ impl std::fmt::Debug for Host {
 }
 
 impl Host {
-    /// A host serving `apps`, checkpointing through `client`, placing CAs with `placement` (or
-    /// serving every CA here without leases if `None`). Starts its committer and lease renewal
-    /// on the current tokio runtime.
+    /// A host serving `apps`, checkpointing through `client`, reading other maps through
+    /// `agent`, placing CAs with `placement` (or serving every CA here without leases if
+    /// `None`). Starts its committer and lease renewal on the current tokio runtime.
     pub fn new(
         client: Client,
+        agent: Option<node_agent::Agent>,
         apps: Vec<(AppName, Arc<dyn App>)>,
         plugins: Plugins,
         placement: Option<Arc<Placement>>,
@@ -109,6 +113,7 @@ impl Host {
             committer,
             plugins,
             metrics,
+            agent,
             placement,
             apps: apps.into_iter().collect(),
             slots: Mutex::new(HashMap::new()),

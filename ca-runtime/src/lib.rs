@@ -10,6 +10,8 @@
 //! - [`committer`]: group commit of many CAs' checkpoints through `UpdateBatch`.
 //! - [`host`]: routing calls to activations; [`placement`]: which host serves a CA (partition
 //!   leases in the Spine); [`service`]: the `ca.v1` gRPC endpoint, forwarding to the holder.
+//! - [`reads`]: the read-only half of the `sharing` plugin: other writers' maps and aggregates
+//!   through the node agent, pinned once per message ([`reads::Pins`]).
 //! - [`plugins`]: plugins that carry out intents after commit (`log`).
 //! - [`apps`]: example apps (`counter`).
 //! - [`assembly`]: the host as JSON components (`ca-runtime/host.json`) and their factories.
@@ -25,10 +27,11 @@ pub mod host;
 pub mod metrics;
 pub mod placement;
 pub mod plugins;
+pub mod reads;
 pub mod service;
 pub mod turn;
 
 pub use activation::Reply;
-pub use app::{App, Cx, MethodError, MethodResult};
+pub use app::{App, Cx, MethodError, MethodResult, ReadSpec};
 pub use error::CaError;
 pub use host::{Host, HostConfig};

@@ -20,6 +20,7 @@ use sharing_map::{AppName, CaName, ChangeSet, SharingMap, Transaction, UpdateId}
 use crate::CaError;
 use crate::app::{App, Cx, MethodError, NewIntent};
 use crate::checkpoint::{CaState, Intent, Meta};
+use crate::reads::Pins;
 
 /// What takes part in every turn, and what a turn must respect to be prepared.
 #[derive(Clone, Debug)]
@@ -150,16 +151,18 @@ impl Working {
                 .any(|t| matches!(t.prepare(placeholder_id()), Ok(Some(_)) | Err(_)))
     }
 
-    /// Runs `calls` as one turn: all or nothing, returning the last result.
+    /// Runs `calls` as one turn: all or nothing, returning the last result. Every call reads
+    /// the maps and aggregates of `reads`, pinned once for the whole message.
     pub fn run_calls(
         &mut self,
         app: &dyn App,
         ids: Ids<'_>,
         scratch: &mut serde_json::Map<String, Value>,
+        reads: &Pins,
         calls: &[Call],
         limits: &TurnRules,
     ) -> Result<Value, CaError> {
-        self.run(ids, scratch, limits, |cx| {
+        self.run(ids, scratch, reads, limits, |cx| {
             let mut last = Value::Null;
             for call in calls {
                 last = app
@@ -176,10 +179,11 @@ impl Working {
         app: &dyn App,
         ids: Ids<'_>,
         scratch: &mut serde_json::Map<String, Value>,
+        reads: &Pins,
         limits: &TurnRules,
     ) -> Result<(), CaError> {
         let version = app.state_version();
-        self.run(ids, scratch, limits, |cx| {
+        self.run(ids, scratch, reads, limits, |cx| {
             resume_plugins(cx, limits)?;
             app.init(cx).map_err(|e| method_error("__ca_init__", e))
         })?;
@@ -197,6 +201,7 @@ impl Working {
         app: &dyn App,
         ids: Ids<'_>,
         scratch: &mut serde_json::Map<String, Value>,
+        reads: &Pins,
         limits: &TurnRules,
     ) -> Result<(), CaError> {
         let new = app.state_version();
@@ -206,7 +211,7 @@ impl Working {
             .as_ref()
             .map(|m| m.state_version.clone())
             .ok_or_else(|| CaError::exception("resume of a CA that was never initialized"))?;
-        self.run(ids, scratch, limits, |cx| {
+        self.run(ids, scratch, reads, limits, |cx| {
             resume_plugins(cx, limits)?;
             if old != new {
                 match app.upgrade(cx, &old, &new) {
@@ -226,11 +231,12 @@ impl Working {
         &mut self,
         ids: Ids<'_>,
         scratch: &mut serde_json::Map<String, Value>,
+        reads: &Pins,
         rules: &TurnRules,
         body: impl FnOnce(&mut Cx<'_>) -> Result<T, CaError>,
     ) -> Result<T, CaError> {
         let mut next = self.clone();
-        let result = next.run_on(ids, scratch, rules, body);
+        let result = next.run_on(ids, scratch, reads, rules, body);
         match result {
             Ok(_) => *self = next,
             Err(_) => {
@@ -248,6 +254,7 @@ impl Working {
         &mut self,
         ids: Ids<'_>,
         scratch: &mut serde_json::Map<String, Value>,
+        reads: &Pins,
         rules: &TurnRules,
         body: impl FnOnce(&mut Cx<'_>) -> Result<T, CaError>,
     ) -> Result<T, CaError> {
@@ -268,6 +275,7 @@ impl Working {
                 maps: &mut self.maps,
                 intents: &mut self.new_intents,
                 plugins: &mut self.state.plugins,
+                reads,
             };
             catch_unwind(AssertUnwindSafe(|| body(&mut cx)))
         };
@@ -463,6 +471,7 @@ mod tests {
         limits: TurnRules,
         committed: Committed,
         scratch: serde_json::Map<String, Value>,
+        reads: Pins,
         seq: u64,
     }
 
@@ -492,6 +501,7 @@ mod tests {
                 limits,
                 committed,
                 scratch: serde_json::Map::new(),
+                reads: Pins::default(),
                 seq: 0,
             }
         }
@@ -516,6 +526,7 @@ mod tests {
                 &self.counter,
                 Ids { app: &app, ca: &ca },
                 &mut self.scratch,
+                &self.reads,
                 &calls,
                 &self.limits,
             )
@@ -545,8 +556,14 @@ mod tests {
     fn a_failed_turn_leaves_state_maps_and_intents_as_they_were() {
         let mut f = Fixture::new();
         let mut w = Working::from_committed(&f.committed);
-        w.run_init(&f.counter, f.ids(), &mut f.scratch.clone(), &f.limits)
-            .expect("init");
+        w.run_init(
+            &f.counter,
+            f.ids(),
+            &mut f.scratch.clone(),
+            &Pins::default(),
+            &f.limits,
+        )
+        .expect("init");
         assert_eq!(f.call(&mut w, &[("share", json!([2]))]), Ok(json!(2)));
         let before = w.clone();
         let e = f
@@ -579,8 +596,14 @@ mod tests {
     fn a_multi_call_is_all_or_nothing_and_returns_the_last_result() {
         let mut f = Fixture::new();
         let mut w = Working::from_committed(&f.committed);
-        w.run_init(&f.counter, f.ids(), &mut f.scratch.clone(), &f.limits)
-            .expect("init");
+        w.run_init(
+            &f.counter,
+            f.ids(),
+            &mut f.scratch.clone(),
+            &Pins::default(),
+            &f.limits,
+        )
+        .expect("init");
         let r = f.call(
             &mut w,
             &[
@@ -599,8 +622,14 @@ mod tests {
     fn turns_run_while_a_checkpoint_is_in_flight_join_the_next_one_with_keyed_intents() {
         let mut f = Fixture::new();
         let mut w = Working::from_committed(&f.committed);
-        w.run_init(&f.counter, f.ids(), &mut f.scratch.clone(), &f.limits)
-            .expect("init");
+        w.run_init(
+            &f.counter,
+            f.ids(),
+            &mut f.scratch.clone(),
+            &Pins::default(),
+            &f.limits,
+        )
+        .expect("init");
         f.call(&mut w, &[("log", json!(["a"]))]).expect("log");
         f.call(&mut w, &[("log", json!(["b"]))]).expect("log");
         let first = f.commit(&mut w).expect("checkpoint");
@@ -675,8 +704,14 @@ mod tests {
         });
         f.limits.turn_plugins.push(plugin.clone());
         let mut w = Working::from_committed(&f.committed);
-        w.run_init(&f.counter, f.ids(), &mut f.scratch.clone(), &f.limits)
-            .expect("init");
+        w.run_init(
+            &f.counter,
+            f.ids(),
+            &mut f.scratch.clone(),
+            &Pins::default(),
+            &f.limits,
+        )
+        .expect("init");
         f.call(&mut w, &[("increment", json!([]))]).expect("turn 2");
         let e = f
             .call(&mut w, &[("increment", json!([]))])
@@ -696,6 +731,95 @@ mod tests {
         assert_eq!(decoded.plugins.get("turns"), Some(&json!(2)));
     }
 
+    /// `bob-shop-prices` at `version`, with `price` = `version * 10`.
+    fn prices_at(version: u64) -> sharing_map::Snapshot {
+        let name = MapName::parse("bob-shop-prices").expect("map");
+        let mut map = SharingMap::new(name.clone());
+        for v in 0..version {
+            let cs = ChangeSet::from_ops(
+                name.clone(),
+                v,
+                UpdateId::parse(&format!("p{v}")).expect("id"),
+                [(
+                    Arc::from("price"),
+                    Some(sharing_map::Entry::value(json!((v + 1) * 10))),
+                )],
+            );
+            map = match map.apply(&cs) {
+                Ok(sharing_map::Applied::New(m)) => m,
+                other => panic!("applies: {other:?}"),
+            };
+        }
+        sharing_map::Snapshot::new(map, None)
+    }
+
+    #[test]
+    fn every_method_of_a_message_reads_the_version_pinned_for_it() {
+        let mut f = Fixture::new();
+        let mut w = Working::from_committed(&f.committed);
+        w.run_init(
+            &f.counter,
+            f.ids(),
+            &mut f.scratch.clone(),
+            &Pins::default(),
+            &f.limits,
+        )
+        .expect("init");
+        fn read(method: &str) -> (&str, Value) {
+            (method, json!(["bob-shop-prices", "price"]))
+        }
+        // The message was pinned at version 1; version 2 exists elsewhere, unseen by it.
+        let newer = prices_at(2);
+        f.reads = Pins::default().with_map(prices_at(1));
+        let r = f
+            .call(
+                &mut w,
+                &[read("read"), ("dawdle", json!([0])), read("read_again")],
+            )
+            .expect("reads");
+        assert_eq!(
+            r,
+            json!({"version": 1, "value": 10, "before": {"version": 1, "value": 10}})
+        );
+        // The next message is given the newer version, and reads it in every method.
+        f.reads = Pins::default().with_map(newer);
+        let r = f
+            .call(&mut w, &[read("read"), read("read_again")])
+            .expect("reads");
+        assert_eq!(
+            r,
+            json!({"version": 2, "value": 20, "before": {"version": 2, "value": 20}})
+        );
+        // A map the message did not pin is an exception, and the turn leaves no trace.
+        let before = w.state.clone();
+        let e = f
+            .call(
+                &mut w,
+                &[
+                    ("increment", json!([])),
+                    ("read", json!(["carl-shop-prices", "price"])),
+                ],
+            )
+            .expect_err("not pinned");
+        assert_eq!(e.code, ca_client::ErrorCode::Exception);
+        assert!(e.message.contains("carl-shop-prices"), "{e}");
+        assert_eq!(w.state, before);
+    }
+
+    #[test]
+    fn the_counter_declares_what_each_call_reads() {
+        let c = Counter::new(Counter::default_version());
+        assert_eq!(
+            c.reads_for("read", &[json!("bob-shop-prices"), json!("k")]),
+            vec![crate::reads::ReadSpec::Map("bob-shop-prices".into())]
+        );
+        assert_eq!(
+            c.reads_for("allowed", &[json!("bob-acl-root"), json!("carl-phone")]),
+            vec![crate::reads::ReadSpec::Aggregate("bob-acl-root".into())]
+        );
+        assert!(c.reads_for("increment", &[json!(1)]).is_empty());
+    }
+
     #[test]
     fn upgrades_take_the_default_rule_or_the_apps_hook() {
         let v = |s: &str| Version::parse(s).expect("version");
@@ -713,8 +837,14 @@ mod tests {
         }
         let mut f = Fixture::new();
         let mut w = Working::from_committed(&f.committed);
-        w.run_init(&f.counter, f.ids(), &mut f.scratch.clone(), &f.limits)
-            .expect("init");
+        w.run_init(
+            &f.counter,
+            f.ids(),
+            &mut f.scratch.clone(),
+            &Pins::default(),
+            &f.limits,
+        )
+        .expect("init");
         f.commit(&mut w).expect("checkpoint");
         for (code, expect) in [
             ("0.1.1", None),
@@ -722,13 +852,25 @@ mod tests {
         ] {
             f.counter = Counter::new(v(code));
             let mut w = Working::from_committed(&f.committed);
-            let r = w.run_resume(&f.counter, f.ids(), &mut f.scratch.clone(), &f.limits);
+            let r = w.run_resume(
+                &f.counter,
+                f.ids(),
+                &mut f.scratch.clone(),
+                &Pins::default(),
+                &f.limits,
+            );
             assert_eq!(r.err().map(|e| e.code), expect, "{code}");
         }
         f.counter = Counter::new(v("0.2.0"));
         let mut w = Working::from_committed(&f.committed);
-        w.run_resume(&f.counter, f.ids(), &mut f.scratch.clone(), &f.limits)
-            .expect("the hook migrates");
+        w.run_resume(
+            &f.counter,
+            f.ids(),
+            &mut f.scratch.clone(),
+            &Pins::default(),
+            &f.limits,
+        )
+        .expect("the hook migrates");
         assert_eq!(w.state.state.get("upgraded_from"), Some(&json!("0.1.0")));
         assert_eq!(
             w.state.meta.as_ref().map(|m| m.state_version.clone()),

@@ -846,3 +846,309 @@ async fn the_dev_system_runs_from_one_command_and_keeps_counts_across_kill_9() -
     assert_eq!(after, "5", "the count the CA had before kill -9");
     Ok(())
 }
+
+// The `sharing` plugin's read-only half: CAs reading other writers' maps and aggregates through
+// the host's node agent, one version per message (Isolation), the newest at the next message
+// (Fairness).
+
+/// What a `read` (or `read_again`) returned: `(version, value)`.
+fn seen(v: &Value) -> anyhow::Result<(u64, Value)> {
+    let version = v["version"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no version in {v}"))?;
+    Ok((version, v["value"].clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_sees_the_newest_version_at_its_next_message_and_never_an_older_one()
+-> anyhow::Result<()> {
+    let cluster = cluster().await?;
+    let host = CaHost::start(&cluster, host_dir(&cluster, "host")?, vec![]).await?;
+    let client = host.client(&cluster.token()).await?;
+    let (writer, reader, prices) = ("alice-phone", "bob-phone", "alice-phone-counter");
+    let read = || {
+        let client = client.clone();
+        async move {
+            let r = client
+                .call(APP, reader, "read", vec![json!(prices), json!("count")])
+                .await?;
+            seen(&r.result)
+        }
+    };
+    // The writer's map at its first version with a count.
+    assert_eq!(
+        client
+            .call(APP, writer, "share", vec![json!(1)])
+            .await?
+            .result,
+        json!(1)
+    );
+    let v1 = map(&cluster, prices).await?.version();
+    let first = read().await?;
+    assert_eq!(
+        first,
+        (v1, json!(1)),
+        "the first read pins the version it waited for"
+    );
+    // The writer moves on; the reader's later messages see it within a deadline.
+    client.call(APP, writer, "share", vec![json!(1)]).await?;
+    let v2 = map(&cluster, prices).await?.version();
+    assert!(v2 > v1);
+    eventually(
+        "the reader to see version 2",
+        Duration::from_secs(10),
+        || async { (read().await.ok()? == (v2, json!(2))).then_some(()) },
+    )
+    .await?;
+    // Then never an older one, while the writer keeps writing and the reader keeps reading.
+    let mut last = (v2, 2);
+    for _ in 0..30 {
+        client.call(APP, writer, "share", vec![json!(1)]).await?;
+        let (version, value) = read().await?;
+        let value = value.as_i64().unwrap_or(-1);
+        assert!(
+            version >= last.0 && value >= last.1,
+            "the reader went back from {last:?} to {:?}",
+            (version, value)
+        );
+        last = (version, value);
+    }
+    let newest = map(&cluster, prices).await?.version();
+    eventually(
+        "the reader to see the newest",
+        Duration::from_secs(10),
+        || async { (read().await.ok()?.0 == newest).then_some(()) },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_method_of_a_multi_call_reads_one_version_while_updates_land() -> anyhow::Result<()> {
+    // Each message holds its turn this long between its two reads; writes commit meanwhile.
+    const DAWDLE_MS: u64 = 400;
+    const MESSAGES: usize = 15;
+    let cluster = cluster().await?;
+    let host = CaHost::start(&cluster, host_dir(&cluster, "host")?, vec![]).await?;
+    let client = host.client(&cluster.token()).await?;
+    let (writer, reader, prices) = ("alice-phone", "bob-phone", "alice-phone-counter");
+    client.call(APP, writer, "share", vec![json!(1)]).await?;
+    // A write storm: the writer's map gets a new version every turn.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let storm = {
+        let (client, stop, acked) = (client.clone(), stop.clone(), acked.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = client.call(APP, writer, "share", vec![json!(1)]).await?;
+                acked.store(
+                    r.result.as_u64().unwrap_or(0),
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+            }
+            anyhow::Ok(())
+        })
+    };
+    let calls = || {
+        let args = vec![json!(prices), json!("count")];
+        vec![
+            ca_client::MethodCall::new("read", args.clone()),
+            ca_client::MethodCall::new("dawdle", vec![json!(DAWDLE_MS)]),
+            ca_client::MethodCall::new("read_again", args),
+        ]
+    };
+    let mut versions = BTreeSet::new();
+    let mut landed_during = 0;
+    let started = tokio::time::Instant::now();
+    for _ in 0..MESSAGES {
+        let before = acked.load(std::sync::atomic::Ordering::SeqCst);
+        let r = client.multi_call(APP, reader, calls()).await?.result;
+        let after = acked.load(std::sync::atomic::Ordering::SeqCst);
+        let (first, last) = (seen(&r["before"])?, seen(&r)?);
+        assert_eq!(
+            first, last,
+            "the first and last methods of one message read different versions: {r}"
+        );
+        versions.insert(last.0);
+        // The writer committed at least twice while this message ran: an update landed at the
+        // Spine during it, whichever version the message pinned.
+        if after >= before + 2 {
+            landed_during += 1;
+        }
+    }
+    // Speculative turns: messages that also change the reader's state, sent four at a time, so
+    // each runs while the previous one's checkpoint is in flight; each pins its own version.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let client = client.clone();
+        let mut calls = calls();
+        calls.insert(0, ca_client::MethodCall::new("increment", vec![]));
+        calls[2] = ca_client::MethodCall::new("dawdle", vec![json!(50)]);
+        tasks.push(tokio::spawn(async move {
+            let mut seen_here = Vec::new();
+            for _ in 0..5 {
+                let r = client.multi_call(APP, reader, calls.clone()).await?.result;
+                seen_here.push((seen(&r["before"])?, seen(&r)?));
+            }
+            anyhow::Ok(seen_here)
+        }));
+    }
+    for t in tasks {
+        for (first, last) in t.await?? {
+            assert_eq!(first, last, "a speculative turn read two versions");
+            versions.insert(last.0);
+        }
+    }
+    assert_eq!(
+        client.call(APP, reader, "get", vec![]).await?.result,
+        json!(20),
+        "every speculative turn committed"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let elapsed = started.elapsed();
+    storm.await??;
+    // The test means something only if updates landed while messages ran.
+    let commits = acked.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        landed_during >= MESSAGES / 3,
+        "the storm committed during only {landed_during} of {MESSAGES} messages ({commits} commits in {elapsed:?})"
+    );
+    assert!(
+        versions.len() >= MESSAGES / 3,
+        "messages should each pin the newest version: {versions:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_a_map_that_does_not_exist_fails_clearly_and_in_bounded_time()
+-> anyhow::Result<()> {
+    let cluster = cluster().await?;
+    let host = CaHost::start(&cluster, host_dir(&cluster, "host")?, vec![]).await?;
+    let client = host.client(&cluster.token()).await?;
+    let reader = "bob-phone";
+    client
+        .call(APP, reader, "increment", vec![json!(3)])
+        .await?;
+    let started = tokio::time::Instant::now();
+    let e = tokio::time::timeout(
+        Duration::from_secs(15),
+        client.call(
+            APP,
+            reader,
+            "read",
+            vec![json!("nobody-home-prices"), json!("x")],
+        ),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("a read of a missing map hung"))?
+    .expect_err("the map does not exist");
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    assert!(
+        e.to_string().contains("nobody-home-prices") && e.to_string().contains("does not exist"),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // The CA goes on, nothing changed; once the map exists it reads.
+    assert_eq!(
+        client.call(APP, reader, "get", vec![]).await?.result,
+        json!(3)
+    );
+    let app = AppName::parse(APP)?;
+    let name = MapName::parse("nobody-home-prices")?;
+    cluster
+        .client()?
+        .create_map(
+            &app,
+            &name,
+            vec![(Arc::from("x"), sharing_map::Entry::value(json!("here")))],
+        )
+        .await?;
+    let r = client
+        .call(
+            APP,
+            reader,
+            "read",
+            vec![json!("nobody-home-prices"), json!("x")],
+        )
+        .await?;
+    assert_eq!(seen(&r.result)?, (0, json!("here")));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_checks_an_aggregate_pinned_for_its_message() -> anyhow::Result<()> {
+    let cluster = cluster().await?;
+    let host = CaHost::start(&cluster, host_dir(&cluster, "host")?, vec![]).await?;
+    let client = host.client(&cluster.token()).await?;
+    let spine = cluster.client()?;
+    let app = AppName::parse(APP)?;
+    let (root, more) = (
+        MapName::parse("carl-acl-root")?,
+        MapName::parse("carl-acl-more")?,
+    );
+    let entry = |v: Value| sharing_map::Entry::value(v);
+    spine
+        .create_map(
+            &app,
+            &more,
+            vec![(Arc::from("erin-phone"), entry(json!(["reader"])))],
+        )
+        .await?;
+    spine
+        .create_map(
+            &app,
+            &root,
+            vec![
+                (Arc::from("dave"), entry(json!(["admin"]))),
+                (Arc::from("__link_key__"), entry(json!(["carl-acl-more"]))),
+            ],
+        )
+        .await?;
+    let allowed = |caller: &'static str| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .call(
+                    APP,
+                    "bob-phone",
+                    "allowed",
+                    vec![json!("carl-acl-root"), json!(caller)],
+                )
+                .await?;
+            anyhow::Ok(r.result)
+        }
+    };
+    eventually(
+        "the linked map to join the aggregate",
+        Duration::from_secs(10),
+        || async { (allowed("erin-phone").await.ok()? == json!(true)).then_some(()) },
+    )
+    .await?;
+    assert_eq!(
+        allowed("dave-laptop").await?,
+        json!(true),
+        "dave's owner name is granted"
+    );
+    assert_eq!(allowed("frank-phone").await?, json!(false));
+    // Revocation: the root drops its link; the next messages are denied.
+    let cs = sharing_map::ChangeSet::from_ops(
+        root.clone(),
+        0,
+        sharing_map::UpdateId::parse("unlink")?,
+        [(Arc::from("__link_key__"), None)],
+    );
+    spine.update(&app, vec![cs]).await?;
+    eventually(
+        "the revocation to reach the CA",
+        Duration::from_secs(10),
+        || async { (allowed("erin-phone").await.ok()? == json!(false)).then_some(()) },
+    )
+    .await?;
+    assert_eq!(allowed("dave-phone").await?, json!(true));
+    Ok(())
+}

@@ -11,13 +11,25 @@
 //! - `panic()` → increments, writes the maps, records an intent, then panics (rolled back);
 //! - `grow(bytes)` → stores a string of that many bytes (to try the state limit).
 //!
+//! Reading other writers' maps and aggregates through the node agent (pinned once per message):
+//! - `read(map, key)` → `{"version", "value"}` of `key` in map `map` (a full name) as pinned for
+//!   this message; a map that does not exist is a `not_found` error;
+//! - `read_again(map, key)` → the same, with `"before"`: what the last `read` saw (in a
+//!   multi-call `[read, dawdle, read_again]`, both reads of one message);
+//! - `dawdle(ms)` → holds the turn for `ms` milliseconds (at most 1000), so that updates can land
+//!   in the middle of a message;
+//! - `allowed(root, caller)` → whether the aggregate rooted at map `root` grants CA `caller`.
+//!
 //! `__ca_upgrade__` migrates a breaking upward bump (0.1.x → 0.2.0) by recording where it came
 //! from; other changes take the default rule.
 
 use semver::Version;
 use serde_json::{Value, json};
 
-use crate::app::{App, Cx, MethodError, MethodResult, arg};
+use crate::app::{App, Cx, MethodError, MethodResult, ReadSpec, arg};
+
+/// Longest `dawdle`.
+const MAX_DAWDLE_MS: u64 = 1000;
 
 /// The counter app.
 #[derive(Debug, Clone)]
@@ -53,6 +65,16 @@ impl Counter {
         }
         Ok(())
     }
+
+    fn read(cx: &mut Cx<'_>, args: &[Value]) -> MethodResult<Value> {
+        let map: String = arg(args, 0, "map")?;
+        let key: String = arg(args, 1, "key")?;
+        let snapshot = cx.read(&map)?;
+        Ok(json!({
+            "version": snapshot.version(),
+            "value": snapshot.get(&key).cloned().unwrap_or(Value::Null),
+        }))
+    }
 }
 
 impl App for Counter {
@@ -62,6 +84,15 @@ impl App for Counter {
 
     fn maps(&self) -> Vec<String> {
         vec!["counter".into(), "mirror".into()]
+    }
+
+    fn reads_for(&self, method: &str, args: &[Value]) -> Vec<ReadSpec> {
+        let first = args.first().and_then(Value::as_str).map(str::to_string);
+        match (method, first) {
+            ("read" | "read_again", Some(map)) => vec![ReadSpec::Map(map)],
+            ("allowed", Some(root)) => vec![ReadSpec::Aggregate(root)],
+            _ => Vec::new(),
+        }
     }
 
     fn init(&self, cx: &mut Cx<'_>) -> MethodResult<()> {
@@ -127,6 +158,38 @@ impl App for Counter {
                 let bytes: usize = arg(args, 0, "bytes")?;
                 cx.state.insert("blob".into(), json!("x".repeat(bytes)));
                 Ok(json!(bytes))
+            }
+            "read" => {
+                let seen = Self::read(cx, args)?;
+                cx.scratch.insert("last_read".into(), seen.clone());
+                Ok(seen)
+            }
+            "read_again" => {
+                let mut seen = Self::read(cx, args)?;
+                let before = cx.scratch.get("last_read").cloned().unwrap_or(Value::Null);
+                seen["before"] = before;
+                Ok(seen)
+            }
+            "dawdle" => {
+                let ms: u64 = arg(args, 0, "ms")?;
+                let ms = ms.min(MAX_DAWDLE_MS);
+                let nap = || std::thread::sleep(std::time::Duration::from_millis(ms));
+                // A turn that blocks tells a multi-threaded runtime, so the host's other tasks
+                // (other CAs, the agent, the committer) move to another thread meanwhile.
+                let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+                if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
+                    tokio::task::block_in_place(nap);
+                } else {
+                    nap();
+                }
+                Ok(json!(ms))
+            }
+            "allowed" => {
+                let root: String = arg(args, 0, "root")?;
+                let caller: String = arg(args, 1, "caller")?;
+                let caller = sharing_map::CaName::parse(&caller)
+                    .map_err(|e| MethodError::BadArgs(e.to_string()))?;
+                Ok(json!(cx.check(&root, &caller)?))
             }
             other => Err(MethodError::UnknownMethod(other.to_string())),
         }
