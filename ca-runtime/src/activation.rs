@@ -30,8 +30,9 @@ use crate::app::App;
 use crate::checkpoint::{CaState, Intent, state_map_name};
 use crate::committer::CommitError;
 use crate::host::HostInner;
+use crate::plugins::Courier;
 use crate::reads::{Pins, ReadSpec, ReadTarget, Reader};
-use crate::turn::{Call, Checkpoint, Committed, Ids, Working};
+use crate::turn::{Call, Checkpoint, Committed, Ids, Message, Working};
 
 /// Failed attempts after which an intent is parked.
 pub const MAX_INTENT_ATTEMPTS: u32 = 8;
@@ -48,9 +49,9 @@ pub struct Reply {
 /// A message to an activation.
 #[derive(Debug)]
 pub(crate) enum Envelope {
-    /// Calls from a client, as one turn.
+    /// A message (a client's calls, or a plugin's), as one turn.
     Call {
-        calls: Vec<Call>,
+        message: Message,
         reply: oneshot::Sender<Result<Reply, CaError>>,
         arrived: Instant,
     },
@@ -240,11 +241,17 @@ impl Activation {
                     // Every sender is gone: the host is shutting down.
                     let Some(envelope) = envelope else { break };
                     last_activity = Instant::now();
-                    self.handle(&mut working, envelope).await;
+                    if let Err(e) = self.handle(&mut working, envelope).await {
+                        return Some(e);
+                    }
                     // Take what else is queued now, so it joins the same checkpoint.
                     for _ in 0..256 {
                         match rx.try_recv() {
-                            Ok(envelope) => self.handle(&mut working, envelope).await,
+                            Ok(envelope) => {
+                                if let Err(e) = self.handle(&mut working, envelope).await {
+                                    return Some(e);
+                                }
+                            }
                             Err(_) => break,
                         }
                     }
@@ -269,28 +276,40 @@ impl Activation {
     }
 
     /// Runs one message (its own pins, taken now: a turn run while a checkpoint is in flight
-    /// sees the newest versions too) or takes an intent's completion.
-    async fn handle(&mut self, working: &mut Working, envelope: Envelope) {
+    /// sees the newest versions too) or takes an intent's completion. An error is why the
+    /// activation must stop (a plugin could not abort a turn).
+    async fn handle(&mut self, working: &mut Working, envelope: Envelope) -> Result<(), CaError> {
         match envelope {
             Envelope::Call {
-                calls,
+                message,
                 reply,
                 arrived,
             } => {
-                let pins = self.pin_for(&calls).await;
+                let pins = self.pin_for(&message.calls).await;
                 let (app, ca) = self.ids();
-                let method = calls.first().map(|c| c.method.as_str()).unwrap_or_default();
-                let _turn = tracing::debug_span!("turn", method, calls = calls.len()).entered();
+                let method = message
+                    .calls
+                    .first()
+                    .map(|c| c.method.as_str())
+                    .unwrap_or_default();
+                let _turn =
+                    tracing::debug_span!("turn", method, calls = message.calls.len()).entered();
                 let outcome = pins.and_then(|pins| {
-                    working.run_calls(
+                    working.run_message(
                         &*self.app,
                         Ids { app: &app, ca: &ca },
                         &mut self.scratch,
                         &pins,
-                        &calls,
+                        &message,
                         &self.host.config.limits,
                     )
                 });
+                if let Err(e) = &outcome
+                    && e.stops
+                {
+                    let _ = reply.send(Err(e.clone()));
+                    return Err(e.clone());
+                }
                 self.waiters.push(Waiter {
                     reply,
                     outcome,
@@ -308,6 +327,7 @@ impl Activation {
                 }
             }
         }
+        Ok(())
     }
 
     /// Sends what the waiting turns did as one checkpoint, unless one is in flight; turns that
@@ -386,9 +406,23 @@ impl Activation {
             return Err(e);
         }
         let version = flight.checkpoint.next.state_map.version();
+        let (app, ca) = self.ids();
         for p in &self.host.config.limits.turn_plugins {
             let state = flight.checkpoint.next.state.plugins.get(p.name());
-            p.committed(state.unwrap_or(&Value::Null));
+            if let Err(why) = p.committed(Ids { app: &app, ca: &ca }, state.unwrap_or(&Value::Null))
+            {
+                // The turns committed, but what they release cannot all be: nothing of them
+                // escapes, and the next activation starts from the committed checkpoint.
+                let e = CaError::commit(format!(
+                    "the checkpoint of CA {ca} committed at version {version}, but plugin {} could not release it ({why}); call again",
+                    p.name()
+                ));
+                for w in flight.waiters {
+                    let _ = w.reply.send(Err(e.clone()));
+                    self.host.metrics.turn(e.code.as_str());
+                }
+                return Err(e);
+            }
         }
         for w in flight.waiters {
             self.release(w, version);
@@ -422,13 +456,14 @@ impl Activation {
             return;
         };
         self.running_intents += 1;
+        let courier: Arc<dyn Courier> = Arc::new(crate::host::HostCourier::of(&self.host));
         let me = self.me.clone();
         let metrics = self.host.metrics.clone();
         metrics.pending_intents.inc();
         tokio::spawn(async move {
             let mut parked = true;
             for attempt in 0..MAX_INTENT_ATTEMPTS {
-                match plugin.carry_out(intent.clone()).await {
+                match plugin.carry_out(intent.clone(), courier.clone()).await {
                     Ok(()) => {
                         parked = false;
                         break;

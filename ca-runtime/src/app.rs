@@ -10,6 +10,7 @@ use sharing_map::{AppName, CaName, Snapshot, Transaction};
 
 pub use crate::reads::ReadSpec;
 use crate::reads::{AggregateSnapshot, Pins};
+use crate::turn::Sender;
 
 /// How a method fails.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,6 +112,7 @@ pub struct Cx<'a> {
     pub(crate) intents: &'a mut Vec<NewIntent>,
     pub(crate) plugins: &'a mut BTreeMap<String, Value>,
     pub(crate) reads: &'a Pins,
+    pub(crate) sender: &'a Sender,
 }
 
 impl Cx<'_> {
@@ -122,6 +124,12 @@ impl Cx<'_> {
     /// The CA.
     pub fn ca(&self) -> &CaName {
         self.ca
+    }
+
+    /// Who sent the message this method runs for: a client (and its session), or the runtime or
+    /// a plugin (timers, external calls' responses, events).
+    pub fn sender(&self) -> &Sender {
+        self.sender
     }
 
     /// The transaction on this CA's writable map `local` (one the app declared in

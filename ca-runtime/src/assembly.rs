@@ -21,6 +21,7 @@ use crate::committer::CommitterConfig;
 use crate::placement::{Placement, PlacementConfig};
 use crate::plugins::{IntentPlugin, LogPlugin, Plugins};
 use crate::service::CaService;
+use crate::turn::TurnPlugin;
 use crate::{App, Host, HostConfig};
 
 /// The default description, `ca-runtime/host.json`.
@@ -37,7 +38,7 @@ pub fn registry() -> Result<Registry, components::Error> {
         agent(&a).await
     })?;
     r.register("ca-runtime#log", |a: FactoryArgs| async move {
-        Ok::<_, BoxError>(PluginPart(LogPlugin::new(PathBuf::from(str_of(
+        Ok::<_, BoxError>(PluginPart::intent(LogPlugin::new(PathBuf::from(str_of(
             &a.env, "path",
         )?))))
     })?;
@@ -57,6 +58,10 @@ pub fn registry() -> Result<Registry, components::Error> {
     r.register("ca-runtime#endpoint", |a: FactoryArgs| async move {
         endpoint(a).await
     })?;
+    r.register(
+        "ca-runtime#http",
+        |a: FactoryArgs| async move { http(a).await },
+    )?;
     Ok(r)
 }
 
@@ -82,10 +87,51 @@ impl Component for AgentPart {
     }
 }
 
-/// An intent plugin.
-#[derive(Debug)]
-pub struct PluginPart(pub Arc<dyn IntentPlugin>);
+/// A plugin: the half that carries out intents after commit, the half that takes part in every
+/// turn, or both.
+#[derive(Debug, Default)]
+pub struct PluginPart {
+    /// Carries out its intents.
+    pub intent: Option<Arc<dyn IntentPlugin>>,
+    /// Takes part in every turn.
+    pub turn: Option<Arc<dyn TurnPlugin>>,
+}
 impl Component for PluginPart {}
+
+impl PluginPart {
+    /// A plugin that only carries out intents.
+    pub fn intent(plugin: Arc<dyn IntentPlugin>) -> Self {
+        Self {
+            intent: Some(plugin),
+            turn: None,
+        }
+    }
+}
+
+/// Routes a part serves on the host's HTTP port (component `http`, env `routes`).
+#[derive(Debug)]
+pub struct RoutesPart(pub axum::Router);
+impl Component for RoutesPart {}
+
+/// The host's HTTP server (axum): the routes of the parts its env names, and `GET /health`.
+#[derive(Debug)]
+pub struct HttpPart {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Component for HttpPart {
+    fn shutdown(&self) -> BoxFuture<'_, Result<(), BoxError>> {
+        let stop = self.stop.lock().ok().and_then(|mut s| s.take());
+        Box::pin(async move {
+            if let Some(stop) = stop {
+                let _ = stop.send(());
+            }
+            Ok(())
+        })
+    }
+}
 
 /// An app.
 pub struct AppPart {
@@ -131,7 +177,7 @@ impl Component for EndpointPart {
     }
 }
 
-fn str_of(env: &Map<String, Value>, key: &str) -> Result<String, BoxError> {
+pub(crate) fn str_of(env: &Map<String, Value>, key: &str) -> Result<String, BoxError> {
     match env.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Number(n)) => Ok(n.to_string()),
@@ -140,14 +186,14 @@ fn str_of(env: &Map<String, Value>, key: &str) -> Result<String, BoxError> {
     }
 }
 
-fn opt_str(env: &Map<String, Value>, key: &str) -> Result<Option<String>, BoxError> {
+pub(crate) fn opt_str(env: &Map<String, Value>, key: &str) -> Result<Option<String>, BoxError> {
     match env.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(_) => Ok(Some(str_of(env, key)?).filter(|s| !s.is_empty())),
     }
 }
 
-fn u64_of(env: &Map<String, Value>, key: &str) -> Result<u64, BoxError> {
+pub(crate) fn u64_of(env: &Map<String, Value>, key: &str) -> Result<u64, BoxError> {
     match env.get(key) {
         Some(Value::Number(n)) => n
             .as_u64()
@@ -160,7 +206,7 @@ fn u64_of(env: &Map<String, Value>, key: &str) -> Result<u64, BoxError> {
     }
 }
 
-fn bool_of(env: &Map<String, Value>, key: &str) -> Result<bool, BoxError> {
+pub(crate) fn bool_of(env: &Map<String, Value>, key: &str) -> Result<bool, BoxError> {
     match env.get(key) {
         Some(Value::Bool(b)) => Ok(*b),
         Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
@@ -169,7 +215,7 @@ fn bool_of(env: &Map<String, Value>, key: &str) -> Result<bool, BoxError> {
     }
 }
 
-fn names_of(env: &Map<String, Value>, key: &str) -> Result<Vec<String>, BoxError> {
+pub(crate) fn names_of(env: &Map<String, Value>, key: &str) -> Result<Vec<String>, BoxError> {
     match env.get(key) {
         Some(Value::Array(items)) => items
             .iter()
@@ -286,12 +332,18 @@ fn host(a: &FactoryArgs) -> Result<HostPart, BoxError> {
         apps.push((app.name.clone(), app.app.clone()));
     }
     let mut plugins = Plugins::default();
+    let mut turn_plugins = Vec::new();
     for name in names_of(&a.env, "plugins")? {
         let plugin = a
             .context
             .get::<PluginPart>(&name)
             .ok_or_else(|| format!("env plugins: no plugin component {name:?}"))?;
-        plugins = plugins.with(plugin.0.clone());
+        if let Some(p) = &plugin.intent {
+            plugins = plugins.with(p.clone());
+        }
+        if let Some(p) = &plugin.turn {
+            turn_plugins.push(p.clone());
+        }
     }
     let mut config = HostConfig {
         idle: Duration::from_millis(u64_of(&a.env, "idle_ms")?),
@@ -310,6 +362,7 @@ fn host(a: &FactoryArgs) -> Result<HostPart, BoxError> {
         agent,
         apps,
         plugins,
+        turn_plugins,
         placement.0.clone(),
         config,
     )))
@@ -387,6 +440,41 @@ async fn endpoint(a: FactoryArgs) -> Result<EndpointPart, BoxError> {
     })
 }
 
+async fn http(a: FactoryArgs) -> Result<HttpPart, BoxError> {
+    let listen: SocketAddr = str_of(&a.env, "listen")?
+        .parse()
+        .map_err(|e| format!("env listen: {e}"))?;
+    let mut router = axum::Router::new().route("/health", axum::routing::get(|| async { "ok\n" }));
+    for name in names_of(&a.env, "routes")? {
+        let routes = a.context.get::<RoutesPart>(&name).ok_or_else(|| {
+            format!(
+                "env routes: no part {name:?} serving routes was created before {}",
+                a.name()
+            )
+        })?;
+        router = router.merge(routes.0.clone());
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("HTTP listening on {listen} (is another ca-host running?): {e}"))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    Ok(HttpPart {
+        addr,
+        stop: std::sync::Mutex::new(Some(stop)),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,7 +502,8 @@ mod tests {
                 "demo-counter",
                 "placement",
                 "host",
-                "endpoint"
+                "endpoint",
+                "http"
             ],
             "parts are created in order: each after the parts it uses"
         );

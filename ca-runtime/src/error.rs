@@ -11,6 +11,8 @@ pub struct CaError {
     pub code: ErrorCode,
     /// What happened.
     pub message: String,
+    /// Whether the activation that met it must stop (an abort that failed).
+    pub stops: bool,
 }
 
 impl CaError {
@@ -19,6 +21,7 @@ impl CaError {
         Self {
             code,
             message: message.into(),
+            stops: false,
         }
     }
     /// The method returned an error.
@@ -36,6 +39,20 @@ impl CaError {
     /// The checkpoint failed; it may have landed.
     pub fn checkpoint(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Checkpoint, message)
+    }
+    /// The checkpoint committed but what it releases could not be (a plugin's commit failed);
+    /// the activation stops and the next one loads the committed turn.
+    pub fn commit(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Commit, message)
+    }
+    /// A plugin could not roll a failed turn back: the activation stops. The caller hears
+    /// `shut_down` (retryable: the next activation starts from the committed checkpoint).
+    pub fn abort_failed(message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::ShutDown,
+            message: message.into(),
+            stops: true,
+        }
     }
     /// Another activation committed.
     pub fn moved(message: impl Into<String>) -> Self {

@@ -16,8 +16,8 @@ use crate::app::App;
 use crate::committer::{Committer, CommitterConfig};
 use crate::metrics::Metrics;
 use crate::placement::{Placement, Route};
-use crate::plugins::Plugins;
-use crate::turn::{Call, TurnRules};
+use crate::plugins::{Courier, Plugins};
+use crate::turn::{Call, Message, Sender, TurnPlugin, TurnRules};
 
 /// The prefix of system methods, which no client may call.
 pub const SYSTEM_PREFIX: &str = "__ca_";
@@ -79,6 +79,14 @@ pub struct Host {
     inner: Arc<HostInner>,
 }
 
+impl std::fmt::Debug for HostInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostInner")
+            .field("apps", &self.apps.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Host")
@@ -90,23 +98,25 @@ impl std::fmt::Debug for Host {
 
 impl Host {
     /// A host serving `apps`, checkpointing through `client`, reading other maps through
-    /// `agent`, placing CAs with `placement` (or serving every CA here without leases if
+    /// `agent`, carrying out intents with `plugins` and running `turn_plugins` in every turn
+    /// (in order), placing CAs with `placement` (or serving every CA here without leases if
     /// `None`). Starts its committer and lease renewal on the current tokio runtime.
     pub fn new(
         client: Client,
         agent: Option<node_agent::Agent>,
         apps: Vec<(AppName, Arc<dyn App>)>,
         plugins: Plugins,
+        turn_plugins: Vec<Arc<dyn TurnPlugin>>,
         placement: Option<Arc<Placement>>,
         mut config: HostConfig,
     ) -> Self {
         let metrics = Arc::new(Metrics::new());
         let committer = Committer::start(client.clone(), config.committer, metrics.clone());
-        for name in ["log"] {
-            if plugins.has(name) {
-                config.limits.intent_plugins.insert(name.to_string());
-            }
-        }
+        config
+            .limits
+            .intent_plugins
+            .extend(plugins.names().map(str::to_string));
+        config.limits.turn_plugins.extend(turn_plugins);
         let inner = Arc::new(HostInner {
             config,
             client,
@@ -155,17 +165,25 @@ impl Host {
         self.inner.slots.lock().map(|s| s.len()).unwrap_or(0)
     }
 
-    /// Calls methods of a CA as they arrive from a client: names as text, arguments as JSON
-    /// array text. Bad input gets an `invalid` (or `not_found`) error and changes nothing.
+    /// Calls methods of a CA as they arrive from a client over `session` (`None`: `default`):
+    /// names as text, arguments as JSON array text. Bad input gets an `invalid` (or
+    /// `not_found`) error and changes nothing.
     pub async fn call(
         &self,
         app: &str,
         ca: &str,
         calls: Vec<(String, String)>,
+        session: Option<&str>,
     ) -> Result<Reply, CaError> {
         let (app, ca) = parse_names(app, ca)?;
         let calls = self.parse_calls(calls)?;
-        self.call_parsed(app, ca, calls).await
+        self.send(app, ca, Message::from_client(calls, session))
+            .await
+    }
+
+    /// A courier for plugins: delivers their messages to this host's CAs.
+    pub fn courier(&self) -> Arc<dyn Courier> {
+        Arc::new(HostCourier::of(&self.inner))
     }
 
     fn parse_calls(&self, calls: Vec<(String, String)>) -> Result<Vec<Call>, CaError> {
@@ -220,13 +238,23 @@ impl Host {
             .collect()
     }
 
-    /// Calls methods of a CA, as one transaction.
-    pub async fn call_parsed(
-        &self,
-        app: AppName,
-        ca: CaName,
-        calls: Vec<Call>,
-    ) -> Result<Reply, CaError> {
+    /// Runs `message` on a CA as one transaction; answers once its checkpoint committed. A
+    /// client's message may not call system methods.
+    pub async fn send(&self, app: AppName, ca: CaName, message: Message) -> Result<Reply, CaError> {
+        if let Sender::Client { .. } = message.sender
+            && let Some(call) = message
+                .calls
+                .iter()
+                .find(|c| c.method.starts_with(SYSTEM_PREFIX))
+        {
+            return Err(CaError::invalid(format!(
+                "{} is a system method ({SYSTEM_PREFIX}*): no client may call it",
+                call.method
+            )));
+        }
+        if message.calls.is_empty() {
+            return Err(CaError::invalid("a call needs at least one method"));
+        }
         if !self.inner.apps.contains_key(&app) {
             return Err(CaError::not_found(format!(
                 "this host serves no app {app} (it serves: {})",
@@ -239,7 +267,7 @@ impl Host {
         }
         let (reply, rx) = oneshot::channel();
         let envelope = Envelope::Call {
-            calls,
+            message,
             reply,
             arrived: Instant::now(),
         };
@@ -250,6 +278,31 @@ impl Host {
             .unwrap_or_else(|_| Err(CaError::shut_down("the CA's activation ended; call again")));
         self.inner.metrics.queued.dec();
         answer
+    }
+}
+
+/// The host as plugins see it: it delivers their messages, while the host lives.
+#[derive(Debug)]
+pub(crate) struct HostCourier(std::sync::Weak<HostInner>);
+
+impl HostCourier {
+    pub(crate) fn of(host: &Arc<HostInner>) -> Self {
+        Self(Arc::downgrade(host))
+    }
+}
+
+impl Courier for HostCourier {
+    fn deliver(
+        &self,
+        app: AppName,
+        ca: CaName,
+        message: Message,
+    ) -> futures::future::BoxFuture<'static, Result<Reply, CaError>> {
+        let inner = self.0.upgrade();
+        Box::pin(async move {
+            let inner = inner.ok_or_else(|| CaError::shut_down("the host is shutting down"))?;
+            Host { inner }.send(app, ca, message).await
+        })
     }
 }
 

@@ -12,7 +12,9 @@
 //!   leases in the Spine); [`service`]: the `ca.v1` gRPC endpoint, forwarding to the holder.
 //! - [`reads`]: the read-only half of the `sharing` plugin: other writers' maps and aggregates
 //!   through the node agent, pinned once per message ([`reads::Pins`]).
-//! - [`plugins`]: plugins that carry out intents after commit (`log`).
+//! - [`plugins`]: plugins: [`turn::TurnPlugin`]s take part in every turn over checkpointed state
+//!   of their own; [`plugins::IntentPlugin`]s carry out intents after commit (`log`) and may
+//!   answer the CA with a message through a [`plugins::Courier`].
 //! - [`apps`]: example apps (`counter`).
 //! - [`assembly`]: the host as JSON components (`ca-runtime/host.json`) and their factories.
 

@@ -57,6 +57,10 @@ struct ServeArgs {
     /// Where clients connect (gRPC `ca.v1`) [CA_LISTEN; default 127.0.0.1:7601].
     #[arg(long)]
     listen: Option<String>,
+    /// The host's HTTP port (WebSocket clients, the web page, event ingress, `/health`)
+    /// [CA_HTTP_LISTEN; default 127.0.0.1:7602].
+    #[arg(long)]
+    http_listen: Option<String>,
     /// The Spine's endpoints, comma-separated [SPINE_ENDPOINTS; default 127.0.0.1:7401-7403].
     #[arg(long)]
     spine: Option<String>,
@@ -133,6 +137,9 @@ impl ServeArgs {
         let mut top = Map::new();
         if let Some(v) = &self.listen {
             top.insert("listen".into(), json!(v));
+        }
+        if let Some(v) = &self.http_listen {
+            top.insert("http_listen".into(), json!(v));
         }
         if let Some(v) = &self.spine {
             set("spine", "endpoints", json!(v));
@@ -254,8 +261,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .get::<assembly::EndpointPart>("endpoint")
         .map(|e| e.addr.to_string())
         .unwrap_or_else(|| "?".into());
+    let http = tree
+        .context()
+        .get::<assembly::HttpPart>("http")
+        .map(|h| format!(", HTTP on http://{}", h.addr))
+        .unwrap_or_default();
     println!(
-        "ca-host: {} serving on {endpoint} (apps: {})",
+        "ca-host: {} serving on {endpoint}{http} (apps: {})",
         description.name,
         description
             .child("host")

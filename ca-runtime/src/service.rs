@@ -158,7 +158,7 @@ impl pb::ca_server::Ca for CaService {
             .collect();
         let reply = self
             .host
-            .call(app.as_str(), ca.as_str(), calls)
+            .call(app.as_str(), ca.as_str(), calls, None)
             .await
             .map_err(|e| e.to_status())?;
         Ok(Response::new(pb::CallResponse {

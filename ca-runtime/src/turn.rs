@@ -55,7 +55,9 @@ pub struct TurnEffects<'a> {
 /// A plugin's part in every turn (DESIGN.md §9.3): pure hooks over the plugin's own state,
 /// which is checkpointed with the CA (entry `p.<name>`) and rolled back with the turn. App code
 /// reaches that state through [`Cx::plugin`]; effects outside the CA are intents, carried out
-/// after commit by an [`IntentPlugin`](crate::plugins::IntentPlugin).
+/// after commit by an [`IntentPlugin`](crate::plugins::IntentPlugin), or happen in
+/// [`TurnPlugin::committed`] (delivering what a committed checkpoint holds, such as
+/// notifications to listening clients).
 pub trait TurnPlugin: Send + Sync + std::fmt::Debug + 'static {
     /// The plugin's name (its state's key).
     fn name(&self) -> &str;
@@ -64,16 +66,89 @@ pub trait TurnPlugin: Send + Sync + std::fmt::Debug + 'static {
     fn resume(&self, _state: &mut Value) -> Result<(), String> {
         Ok(())
     }
-    /// Before the method runs.
-    fn begin(&self, _state: &mut Value) {}
+    /// Before the method runs, with the message it will run.
+    fn begin(&self, _state: &mut Value, _message: &Message) {}
     /// After the method returned: an error refuses the turn (a prepare failure, retryable).
     fn prepare(&self, _state: &Value, _turn: &TurnEffects<'_>) -> Result<(), String> {
         Ok(())
     }
-    /// The turn was rolled back; the plugin's state already is as before it.
-    fn abort(&self) {}
-    /// A checkpoint holding the plugin's `state` was acknowledged by the Spine.
-    fn committed(&self, _state: &Value) {}
+    /// The turn was rolled back; the plugin's state already is as before it. An error here
+    /// stops the activation (the last rung of the error ladder): whatever the plugin holds
+    /// outside the checkpoint can no longer be trusted.
+    fn abort(&self, _ids: Ids<'_>) -> Result<(), String> {
+        Ok(())
+    }
+    /// A checkpoint holding the plugin's `state` was acknowledged by the Spine. An error stops
+    /// the activation and its callers get the retryable `commit` error (the turn did commit;
+    /// the next activation loads it).
+    fn committed(&self, _ids: Ids<'_>, _state: &Value) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Who sent a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sender {
+    /// A client, over one of its logical sessions (`default` if it named none).
+    Client {
+        /// The session's name.
+        session: String,
+    },
+    /// The runtime or a plugin (a timer, an external call's response, an event): it may call
+    /// system methods (`__ca_*`).
+    System {
+        /// What sent it (a plugin's name).
+        by: String,
+    },
+}
+
+impl Sender {
+    /// The session of a client's message, `default` unless it named one.
+    pub fn client(session: Option<&str>) -> Self {
+        Sender::Client {
+            session: session
+                .filter(|s| !s.is_empty())
+                .unwrap_or(DEFAULT_SESSION)
+                .to_string(),
+        }
+    }
+}
+
+/// The session of clients that name none.
+pub const DEFAULT_SESSION: &str = "default";
+
+/// One message: one or more method calls run as one turn.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    /// The calls (a multi-call if several), all or nothing; the last result is the reply.
+    pub calls: Vec<Call>,
+    /// Who sent it.
+    pub sender: Sender,
+    /// The key of a pending intent this message completes (an external call's response): the
+    /// intent is removed in the same checkpoint as the message's effects, and a message whose
+    /// intent is no longer pending (a redelivery) is dropped without running. The intent is
+    /// removed even if the message's turn fails, so a failing handler is not fed forever.
+    pub completes: Option<String>,
+}
+
+impl Message {
+    /// A client's message.
+    pub fn from_client(calls: Vec<Call>, session: Option<&str>) -> Self {
+        Self {
+            calls,
+            sender: Sender::client(session),
+            completes: None,
+        }
+    }
+
+    /// A message of the runtime or plugin `by`.
+    pub fn system(by: &str, calls: Vec<Call>) -> Self {
+        Self {
+            calls,
+            sender: Sender::System { by: by.to_string() },
+            completes: None,
+        }
+    }
 }
 
 /// One method call of a message.
@@ -151,20 +226,26 @@ impl Working {
                 .any(|t| matches!(t.prepare(placeholder_id()), Ok(Some(_)) | Err(_)))
     }
 
-    /// Runs `calls` as one turn: all or nothing, returning the last result. Every call reads
+    /// Runs `message` as one turn: all or nothing, returning the last result. Every call reads
     /// the maps and aggregates of `reads`, pinned once for the whole message.
-    pub fn run_calls(
+    pub fn run_message(
         &mut self,
         app: &dyn App,
         ids: Ids<'_>,
         scratch: &mut serde_json::Map<String, Value>,
         reads: &Pins,
-        calls: &[Call],
-        limits: &TurnRules,
+        message: &Message,
+        rules: &TurnRules,
     ) -> Result<Value, CaError> {
-        self.run(ids, scratch, reads, limits, |cx| {
+        if let Some(key) = &message.completes
+            && self.state.intents.remove(key).is_none()
+        {
+            // Its intent was completed by an earlier delivery: this one is a repeat.
+            return Ok(Value::Null);
+        }
+        self.run(ids, scratch, reads, message, rules, |cx| {
             let mut last = Value::Null;
-            for call in calls {
+            for call in &message.calls {
                 last = app
                     .call(cx, &call.method, &call.args)
                     .map_err(|e| method_error(&call.method, e))?;
@@ -183,7 +264,8 @@ impl Working {
         limits: &TurnRules,
     ) -> Result<(), CaError> {
         let version = app.state_version();
-        self.run(ids, scratch, reads, limits, |cx| {
+        let message = Message::system("runtime", vec![call_of("__ca_init__")]);
+        self.run(ids, scratch, reads, &message, limits, |cx| {
             resume_plugins(cx, limits)?;
             app.init(cx).map_err(|e| method_error("__ca_init__", e))
         })?;
@@ -211,7 +293,8 @@ impl Working {
             .as_ref()
             .map(|m| m.state_version.clone())
             .ok_or_else(|| CaError::exception("resume of a CA that was never initialized"))?;
-        self.run(ids, scratch, reads, limits, |cx| {
+        let message = Message::system("runtime", vec![call_of("__ca_resume__")]);
+        self.run(ids, scratch, reads, &message, limits, |cx| {
             resume_plugins(cx, limits)?;
             if old != new {
                 match app.upgrade(cx, &old, &new) {
@@ -227,22 +310,32 @@ impl Working {
         Ok(())
     }
 
+    /// Runs `body` as one turn on a copy of `self`: kept on success, dropped on failure (the
+    /// abort, with every turn plugin told). A plugin whose abort fails makes the result
+    /// [`TurnError::AbortFailed`]: the activation must stop.
     fn run<T>(
         &mut self,
         ids: Ids<'_>,
         scratch: &mut serde_json::Map<String, Value>,
         reads: &Pins,
+        message: &Message,
         rules: &TurnRules,
         body: impl FnOnce(&mut Cx<'_>) -> Result<T, CaError>,
     ) -> Result<T, CaError> {
         let mut next = self.clone();
-        let result = next.run_on(ids, scratch, reads, rules, body);
+        let result = next.run_on(ids, scratch, reads, message, rules, body);
         match result {
             Ok(_) => *self = next,
-            Err(_) => {
+            Err(e) => {
                 for p in &rules.turn_plugins {
-                    p.abort();
+                    if let Err(why) = p.abort(ids) {
+                        return Err(CaError::abort_failed(format!(
+                            "plugin {} could not abort the turn ({why}) after: {e}",
+                            p.name()
+                        )));
+                    }
                 }
+                return Err(e);
             }
         }
         result
@@ -255,6 +348,7 @@ impl Working {
         ids: Ids<'_>,
         scratch: &mut serde_json::Map<String, Value>,
         reads: &Pins,
+        message: &Message,
         rules: &TurnRules,
         body: impl FnOnce(&mut Cx<'_>) -> Result<T, CaError>,
     ) -> Result<T, CaError> {
@@ -264,6 +358,7 @@ impl Working {
                     .plugins
                     .entry(p.name().to_string())
                     .or_insert(Value::Null),
+                message,
             );
         }
         let outcome = {
@@ -276,6 +371,7 @@ impl Working {
                 intents: &mut self.new_intents,
                 plugins: &mut self.state.plugins,
                 reads,
+                sender: &message.sender,
             };
             catch_unwind(AssertUnwindSafe(|| body(&mut cx)))
         };
@@ -452,6 +548,13 @@ fn panic_text(panic: &(dyn Any + Send)) -> String {
     }
 }
 
+fn call_of(method: &str) -> Call {
+    Call {
+        method: method.to_string(),
+        args: Vec::new(),
+    }
+}
+
 fn placeholder_id() -> UpdateId {
     // A constant that always parses; only its validity matters where it is used.
     UpdateId::parse("check").unwrap_or_else(|_| unreachable!("a constant id parses"))
@@ -522,12 +625,12 @@ mod tests {
                 })
                 .collect();
             let (app, ca) = (self.app.clone(), self.ca.clone());
-            w.run_calls(
+            w.run_message(
                 &self.counter,
                 Ids { app: &app, ca: &ca },
                 &mut self.scratch,
                 &self.reads,
-                &calls,
+                &Message::from_client(calls, None),
                 &self.limits,
             )
         }
@@ -679,7 +782,7 @@ mod tests {
             }
             Ok(())
         }
-        fn begin(&self, state: &mut Value) {
+        fn begin(&self, state: &mut Value, _message: &Message) {
             *state = json!(state.as_u64().unwrap_or(0) + 1);
         }
         fn prepare(&self, state: &Value, turn: &TurnEffects<'_>) -> Result<(), String> {
@@ -689,9 +792,10 @@ mod tests {
             }
             Ok(())
         }
-        fn abort(&self) {
+        fn abort(&self, _ids: Ids<'_>) -> Result<(), String> {
             self.aborts
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
         }
     }
 
@@ -729,6 +833,152 @@ mod tests {
         f.commit(&mut w).expect("checkpoint");
         let decoded = CaState::decode(&f.committed.state_map).expect("decodes");
         assert_eq!(decoded.plugins.get("turns"), Some(&json!(2)));
+    }
+
+    #[test]
+    fn a_message_completing_an_intent_removes_it_once_and_a_repeat_does_not_run() {
+        let mut f = Fixture::new();
+        let mut w = Working::from_committed(&f.committed);
+        w.run_init(
+            &f.counter,
+            f.ids(),
+            &mut f.scratch.clone(),
+            &Pins::default(),
+            &f.limits,
+        )
+        .expect("init");
+        f.call(&mut w, &[("log", json!(["call out"]))])
+            .expect("log");
+        let cp = f.commit(&mut w).expect("checkpoint");
+        let key = cp.intents[0].key.clone();
+        let (app, ca) = (f.app.clone(), f.ca.clone());
+        let answer = |w: &mut Working, f: &mut Fixture, method: &str| {
+            let mut m = Message::system(
+                "test",
+                vec![Call {
+                    method: method.into(),
+                    args: vec![json!(10)],
+                }],
+            );
+            m.completes = Some(key.clone());
+            w.run_message(
+                &f.counter,
+                Ids { app: &app, ca: &ca },
+                &mut f.scratch,
+                &Pins::default(),
+                &m,
+                &f.limits,
+            )
+        };
+        // The answer runs once and takes its intent with it, in the same checkpoint.
+        assert_eq!(answer(&mut w, &mut f, "increment"), Ok(json!(11)));
+        assert!(!w.state.intents.contains_key(&key));
+        // A redelivery finds no pending intent: nothing runs.
+        assert_eq!(answer(&mut w, &mut f, "increment"), Ok(Value::Null));
+        assert_eq!(count(&w), json!(11));
+        let cp = f.commit(&mut w).expect("checkpoint");
+        let removed: Vec<String> = cp.change_sets[0]
+            .removes()
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(removed, [format!("i.{key}")]);
+    }
+
+    #[test]
+    fn a_failing_answer_still_completes_its_intent() {
+        let mut f = Fixture::new();
+        let mut w = Working::from_committed(&f.committed);
+        w.run_init(
+            &f.counter,
+            f.ids(),
+            &mut f.scratch.clone(),
+            &Pins::default(),
+            &f.limits,
+        )
+        .expect("init");
+        f.call(&mut w, &[("log", json!(["x"]))]).expect("log");
+        let key = f.commit(&mut w).expect("checkpoint").intents[0].key.clone();
+        let mut m = Message::system(
+            "test",
+            vec![Call {
+                method: "fail".into(),
+                args: vec![json!("bad answer")],
+            }],
+        );
+        m.completes = Some(key.clone());
+        let (app, ca) = (f.app.clone(), f.ca.clone());
+        let r = w.run_message(
+            &f.counter,
+            Ids { app: &app, ca: &ca },
+            &mut f.scratch,
+            &Pins::default(),
+            &m,
+            &f.limits,
+        );
+        assert_eq!(r.map_err(|e| e.code), Err(ca_client::ErrorCode::AppError));
+        assert!(!w.state.intents.contains_key(&key), "not fed again");
+    }
+
+    /// A plugin whose abort fails.
+    #[derive(Debug)]
+    struct BrokenAbort;
+
+    impl TurnPlugin for BrokenAbort {
+        fn name(&self) -> &str {
+            "broken"
+        }
+        fn abort(&self, _ids: Ids<'_>) -> Result<(), String> {
+            Err("lost track".into())
+        }
+    }
+
+    #[test]
+    fn an_abort_that_fails_stops_the_activation() {
+        let mut f = Fixture::new();
+        f.limits.turn_plugins.push(Arc::new(BrokenAbort));
+        let mut w = Working::from_committed(&f.committed);
+        w.run_init(
+            &f.counter,
+            f.ids(),
+            &mut f.scratch.clone(),
+            &Pins::default(),
+            &f.limits,
+        )
+        .expect("init");
+        let ok = f.call(&mut w, &[("increment", json!([]))]).expect("runs");
+        assert_eq!(ok, json!(1));
+        let e = f
+            .call(&mut w, &[("fail", json!(["no"]))])
+            .expect_err("fails");
+        assert!(e.stops, "{e:?}");
+        assert!(
+            e.message.contains("lost track") && e.message.contains("no"),
+            "{e}"
+        );
+        assert_eq!(count(&w), json!(1), "still rolled back");
+    }
+
+    #[test]
+    fn system_messages_say_who_sent_them() {
+        assert_eq!(
+            Sender::client(None),
+            Sender::Client {
+                session: DEFAULT_SESSION.into()
+            }
+        );
+        assert_eq!(
+            Sender::client(Some("phone")),
+            Sender::Client {
+                session: "phone".into()
+            }
+        );
+        assert_eq!(
+            Message::system("timers", vec![]).sender,
+            Sender::System {
+                by: "timers".into()
+            }
+        );
     }
 
     /// `bob-shop-prices` at `version`, with `price` = `version * 10`.

@@ -13,6 +13,7 @@ use crate::{Cluster, bin, eventually, free_port};
 #[derive(Debug)]
 pub struct CaHost {
     port: u16,
+    http_port: u16,
     dir: PathBuf,
     spine: Vec<String>,
     token_file: PathBuf,
@@ -46,6 +47,7 @@ impl CaHost {
         let creds = cluster.credentials();
         let mut host = Self {
             port: free_port()?,
+            http_port: free_port()?,
             dir,
             spine: cluster.endpoints(),
             token_file: creds.admin_token_file(),
@@ -61,6 +63,11 @@ impl CaHost {
     /// The client endpoint.
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The host's HTTP address (WebSocket, web page, event ingress), `127.0.0.1:PORT`.
+    pub fn http_endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.http_port)
     }
 
     /// The file the host's `log` plugin writes.
@@ -104,6 +111,7 @@ impl CaHost {
         let child = Command::new(bin("ca-host")?)
             .arg("serve")
             .args(["--listen", &self.endpoint()])
+            .args(["--http-listen", &self.http_endpoint()])
             .args(["--spine", &self.spine.join(",")])
             .arg("--spine-token-file")
             .arg(&self.token_file)

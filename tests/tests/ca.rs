@@ -794,6 +794,7 @@ async fn the_dev_system_runs_from_one_command_and_keeps_counts_across_kill_9() -
     let dir = tempfile::tempdir()?;
     let base = dev_ports()?;
     let listen = format!("127.0.0.1:{}", spine_tests::free_port()?);
+    let http = format!("127.0.0.1:{}", spine_tests::free_port()?);
     let start = || -> anyhow::Result<tokio::process::Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -801,6 +802,7 @@ async fn the_dev_system_runs_from_one_command_and_keeps_counts_across_kill_9() -
             .open(dir.path().join("dev.log"))?;
         Ok(tokio::process::Command::new(spine_tests::bin("ca-host")?)
             .args(["dev", "--base-port", &base.to_string(), "--listen", &listen])
+            .args(["--http-listen", &http])
             .current_dir(dir.path())
             .stdout(log.try_clone()?)
             .stderr(log)

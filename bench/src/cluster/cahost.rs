@@ -40,10 +40,11 @@ impl CaHostTarget {
     pub async fn start(spine: &SpineTarget, dir: &Path) -> anyhow::Result<Self> {
         let bin = spine_tests::bin("ca-host")?;
         std::fs::create_dir_all(dir)?;
-        let (endpoint, metrics) = (free_addr()?, free_addr()?);
+        let (endpoint, metrics, http) = (free_addr()?, free_addr()?, free_addr()?);
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .args(["--listen", &endpoint])
+            .args(["--http-listen", &http])
             .args(["--spine", &spine.endpoints.join(",")])
             .arg("--no-auth")
             .args(["--metrics-listen", &metrics])

@@ -1,44 +1,13 @@
-//! Plugins that carry out intents after commit (DESIGN.md §9.3). A plugin gets every intent
-//! recorded for it, at least once, with its idempotency key; it makes a repeat harmless.
+//! The `log` plugin: intents appended to a file, once per key.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+use super::{Courier, IntentPlugin};
 use crate::checkpoint::Intent;
-
-/// Carries out intents of one kind.
-pub trait IntentPlugin: Send + Sync + std::fmt::Debug + 'static {
-    /// The name intents name it by.
-    fn name(&self) -> &str;
-    /// Carries out `intent`; a repeat of an intent already carried out must change nothing.
-    fn carry_out(&self, intent: Intent) -> BoxFuture<'static, Result<(), String>>;
-}
-
-/// The plugins of a host, by name.
-#[derive(Clone, Debug, Default)]
-pub struct Plugins {
-    by_name: BTreeMap<String, Arc<dyn IntentPlugin>>,
-}
-
-impl Plugins {
-    /// Adds `plugin`.
-    pub fn with(mut self, plugin: Arc<dyn IntentPlugin>) -> Self {
-        self.by_name.insert(plugin.name().to_string(), plugin);
-        self
-    }
-    /// The plugin named `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn IntentPlugin>> {
-        self.by_name.get(name)
-    }
-    /// Whether a plugin named `name` is there.
-    pub fn has(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
-    }
-}
 
 /// The `log` plugin: appends `key<TAB>payload` lines to a file, once per key (it reads the file
 /// before writing, so a redo after a crash finds the line and writes nothing). Each line is
@@ -66,7 +35,11 @@ impl IntentPlugin for LogPlugin {
         Self::NAME
     }
 
-    fn carry_out(&self, intent: Intent) -> BoxFuture<'static, Result<(), String>> {
+    fn carry_out(
+        &self,
+        intent: Intent,
+        _courier: Arc<dyn Courier>,
+    ) -> BoxFuture<'static, Result<(), String>> {
         let path = self.path.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || append_once(&path, &intent))
