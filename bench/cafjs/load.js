@@ -1,21 +1,22 @@
 'use strict';
-// The Caf.js side of spine-bench's `ca` workload: --cas clients, each with its own caf_cli
-// session to its own counter CA, call `increment(1)` in a closed loop. Turns whose reply
+// The Caf.js side of spine-bench's `ca` workload: --cas CAs, each called by --callers clients
+// (1 by default; more make a hot CA), each client with its own caf_cli session (its own
+// session id) to its CA, calling `increment(1)` in a closed loop. Turns whose reply
 // arrives inside the measured window (after --warmup, for --seconds) are counted, as `ca load`
 // counts them. Prints `{"window":"open"}` when the measured window opens (spine-bench reads the
 // servers' CPU then), then one JSON line: turns, seconds, turns_per_second, p50/p99/max latency
 // (ms), errors, the first error, and every counted turn's latency in microseconds.
 //
-//   node load.js --url http://127.0.0.1:3000 --cas 100 --seconds 10 --warmup 3
+//   node load.js --url http://127.0.0.1:3000 --cas 100 --seconds 10 --warmup 3 [--callers 1]
 const caf_cli = require('caf_cli');
 
 const args = {url: 'http://127.0.0.1:3000', cas: 1, seconds: 10, warmup: 3,
-              prefix: 'load', connect: 100};
+              prefix: 'load', connect: 100, callers: 1};
 for (let i = 2; i < process.argv.length; i += 2) {
     const key = process.argv[i].replace(/^--/, '');
     if (!(key in args) || i + 1 >= process.argv.length) {
         console.error('usage: node load.js [--url U] [--cas N] [--seconds S]' +
-                      ' [--warmup S] [--prefix P] [--connect N]');
+                      ' [--warmup S] [--prefix P] [--connect N] [--callers N]');
         process.exit(2);
     }
     const v = process.argv[i + 1];
@@ -30,10 +31,12 @@ let firstError = null;
 let start = 0;
 let end = 0;
 
-const open = (i) => new Promise((resolve, reject) => {
-    const name = 'o' + args.prefix + i + '-counter';
+// Client k calls CA floor(k / callers) over its own session.
+const open = (k) => new Promise((resolve, reject) => {
+    const name = 'o' + args.prefix + Math.floor(k / args.callers) + '-counter';
     const s = new caf_cli.Session(args.url, name, {
         from: name,
+        session: 'c' + (k % args.callers),
         appPublisher: 'root',
         appLocalName: 'counter',
         disableBackchannel: true,
@@ -79,9 +82,10 @@ const quantile = (sorted, q) => sorted.length === 0 ? 0 :
 const main = async () => {
     const sessions = [];
     // Sessions open and CAs are created, --connect at a time, before the clock starts.
-    for (let i = 0; i < args.cas; i += args.connect) {
+    const clients = args.cas * Math.max(1, args.callers);
+    for (let i = 0; i < clients; i += args.connect) {
         const batch = [];
-        for (let j = i; j < Math.min(args.cas, i + args.connect); j++) {
+        for (let j = i; j < Math.min(clients, i + args.connect); j++) {
             batch.push(open(j));
         }
         sessions.push(...await Promise.all(batch));

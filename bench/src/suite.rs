@@ -119,6 +119,10 @@ pub struct SuiteArgs {
     /// CA workload: seconds of calls before measuring [full: 3].
     #[arg(long)]
     pub ca_warmup: Option<f64>,
+    /// CA workload: a hot CA, one CA called by this many closed-loop clients at once (0: not
+    /// measured) [full: 64].
+    #[arg(long)]
+    pub ca_hot_callers: Option<usize>,
     /// CA workload: the Caf.js app and load client [default: bench/cafjs of this source tree].
     #[arg(long, value_name = "DIR")]
     pub cafjs_dir: Option<PathBuf>,
@@ -138,6 +142,7 @@ struct Params {
     cas: Vec<usize>,
     ca_seconds: f64,
     ca_warmup: f64,
+    ca_hot_callers: usize,
 }
 
 impl Params {
@@ -163,6 +168,7 @@ impl Params {
             cas: vec![1, 100, 1000, 10_000],
             ca_seconds: 20.0,
             ca_warmup: 3.0,
+            ca_hot_callers: 64,
         }
     }
 
@@ -188,6 +194,7 @@ impl Params {
             cas: vec![1, 4],
             ca_seconds: 0.5,
             ca_warmup: 0.2,
+            ca_hot_callers: 4,
         }
     }
 
@@ -240,6 +247,9 @@ impl Params {
         }
         if let Some(v) = a.ca_warmup {
             p.ca_warmup = v;
+        }
+        if let Some(v) = a.ca_hot_callers {
+            p.ca_hot_callers = v;
         }
         p
     }
@@ -774,14 +784,24 @@ async fn run_ca(
         Some(Ok(c)) => c.procs.pids(),
         _ => Vec::new(),
     };
-    for (k, &n) in params.cas.iter().enumerate() {
-        let parameter = plural(n, "CA");
+    // Every CA count with one client per CA, then the hot CA: one CA, many clients at once.
+    let mut runs: Vec<(String, usize, usize)> = params
+        .cas
+        .iter()
+        .map(|&n| (plural(n, "CA"), n, 1))
+        .collect();
+    if params.ca_hot_callers > 0 {
+        let c = params.ca_hot_callers;
+        runs.push((format!("1 hot CA, {c} callers"), 1, c));
+    }
+    for (k, (parameter, n, callers)) in runs.into_iter().enumerate() {
         let shape = ca::Shape {
             cas: n,
+            callers,
             warmup: params.ca_warmup,
             seconds: params.ca_seconds,
         };
-        let names = format!("b{}n{n}x", rec.run);
+        let names = format!("b{}n{n}c{callers}x", rec.run);
         for system in systems(chosen, "ca", k) {
             match (system, &host, &cafjs) {
                 (System::CaHost, Some(Ok(h)), _) => {

@@ -109,14 +109,29 @@ pub async fn run(
     cas: usize,
     window: Window,
 ) -> Result<LoadReport, LoadError> {
+    run_callers(connections, app, prefix, cas, 1, window).await
+}
+
+/// Like [`run`], with `per_ca` closed-loop callers on each CA (a hot CA: its calls arrive while
+/// earlier ones wait for their checkpoint); caller `k` calls CA `k / per_ca` through
+/// `connections[k % connections.len()]`.
+pub async fn run_callers(
+    connections: &[CaClient],
+    app: &str,
+    prefix: &str,
+    cas: usize,
+    per_ca: usize,
+    window: Window,
+) -> Result<LoadReport, LoadError> {
     if connections.is_empty() {
         return Err(LoadError::NoConnections);
     }
+    let per_ca = per_ca.max(1);
     let Window { start, end } = window;
-    let callers: Vec<_> = (0..cas)
-        .map(|i| {
-            let client = connections[i % connections.len()].clone();
-            let (app, ca) = (app.to_string(), ca_name(prefix, i));
+    let callers: Vec<_> = (0..cas * per_ca)
+        .map(|k| {
+            let client = connections[k % connections.len()].clone();
+            let (app, ca) = (app.to_string(), ca_name(prefix, k / per_ca));
             tokio::spawn(async move {
                 let mut latencies = histogram();
                 let (mut turns, mut errors, mut first_error) = (0u64, 0u64, None);

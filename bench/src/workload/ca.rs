@@ -42,8 +42,10 @@ const FIRST_TURNS_DEADLINE: Duration = Duration::from_secs(600);
 /// The shape of one run.
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
-    /// CAs, each with its own client.
+    /// CAs.
     pub cas: usize,
+    /// Closed-loop clients per CA (more than one: a hot CA).
+    pub callers: usize,
     /// Seconds of calls before the window opens.
     pub warmup: f64,
     /// Seconds measured.
@@ -99,7 +101,7 @@ pub async fn ca_host(
         .first()
         .context("the CA host is not running")?;
     let mut connections = Vec::new();
-    for _ in 0..CONNECTIONS.min(shape.cas).max(1) {
+    for _ in 0..CONNECTIONS.min(shape.cas * shape.callers).max(1) {
         connections.push(target.client().await?);
     }
     first_turns(&connections, prefix, shape.cas).await?;
@@ -120,13 +122,13 @@ pub async fn ca_host(
         let commits = commits.zip(target.commit_counters().await.ok());
         anyhow::Ok((used, commits))
     };
-    let label = format!("CA host, {} CAs", shape.cas);
+    let label = format!("CA host, {} CAs × {} callers", shape.cas, shape.callers);
     eprintln!(
         "    {label}: measuring {} s after {} s warm-up",
         shape.seconds, shape.warmup
     );
     let (report, sampled) = tokio::join!(
-        ca_load::run(&connections, APP, prefix, shape.cas, window),
+        ca_load::run_callers(&connections, APP, prefix, shape.cas, shape.callers, window),
         sampler
     );
     let report = report?;
@@ -220,6 +222,7 @@ pub async fn cafjs(target: &CafjsTarget, prefix: &str, shape: Shape) -> anyhow::
         .arg("load.js")
         .args(["--url", &target.url])
         .args(["--cas", &shape.cas.to_string()])
+        .args(["--callers", &shape.callers.to_string()])
         .args(["--seconds", &shape.seconds.to_string()])
         .args(["--warmup", &shape.warmup.to_string()])
         .args(["--prefix", prefix])
@@ -233,7 +236,7 @@ pub async fn cafjs(target: &CafjsTarget, prefix: &str, shape: Shape) -> anyhow::
     let client_pid = child.id().context("load.js exited at once")?;
     let mut stdout = BufReader::new(child.stdout.take().context("load.js has no stdout")?).lines();
     let mut stderr = child.stderr.take().context("load.js has no stderr")?;
-    let label = format!("Caf.js, {} CAs", shape.cas);
+    let label = format!("Caf.js, {} CAs × {} callers", shape.cas, shape.callers);
     let opened = Instant::now();
     let first = tokio::time::timeout(FIRST_TURNS_DEADLINE, stdout.next_line())
         .await
