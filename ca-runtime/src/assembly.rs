@@ -27,6 +27,53 @@ use crate::{App, Host, HostConfig};
 /// The default description, `ca-runtime/host.json`.
 pub const DEFAULT_HOST_JSON: &str = include_str!("../host.json");
 
+/// Builds a host from `description` (resolved: see `components::resolve`) with the factories of
+/// `registry`, prints where it serves, and supervises it until `stop` resolves (or it cannot be
+/// kept running); then shuts it down in reverse order. A host binary with apps of its own adds
+/// their factories to [`registry`]'s and calls this (see `ca-runtime/examples/greeter.rs`).
+pub async fn run(
+    description: &components::Description,
+    registry: Registry,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), BoxError> {
+    if let Some(path) = description
+        .child("log")
+        .and_then(|l| l.env.get("path"))
+        .and_then(Value::as_str)
+        && let Some(dir) = std::path::Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let tree = components::Tree::create(description, Arc::new(registry))
+        .await
+        .map_err(|e| format!("building the host from its description: {e}"))?;
+    let endpoint = tree
+        .context()
+        .get::<EndpointPart>("endpoint")
+        .map(|e| e.addr.to_string())
+        .unwrap_or_else(|| "?".into());
+    let http = tree
+        .context()
+        .get::<HttpPart>("http")
+        .map(|h| format!(", HTTP on http://{}", h.addr))
+        .unwrap_or_default();
+    println!(
+        "ca-host: {} serving on {endpoint}{http} (apps: {})",
+        description.name,
+        description
+            .child("host")
+            .and_then(|h| h.env.get("apps"))
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
+    let supervisor = components::Supervisor::new(tree.clone());
+    let outcome = supervisor.run(stop).await;
+    let _ = tree.shutdown().await;
+    outcome.map_err(|e| format!("the host could not be kept running: {e}").into())
+}
+
 /// The factories of every module `host.json` may name.
 pub fn registry() -> Result<Registry, components::Error> {
     let mut r = Registry::new();

@@ -2,12 +2,11 @@
 //! host is assembled from a JSON component description (`ca-runtime/host.json` by default).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use ca_runtime::assembly::{self, DEFAULT_HOST_JSON};
 use clap::{Args, Parser, Subcommand};
-use components::{Delta, Description, ProcessEnv, Rename, Supervisor, Tree, merge, resolve};
+use components::{Delta, Description, ProcessEnv, Rename, merge, resolve};
 use serde_json::{Map, Value, json};
 
 /// Runs CA hosts.
@@ -242,47 +241,11 @@ impl ServeArgs {
 /// Builds the host from its description and supervises it until Ctrl-C.
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let description = args.description()?;
-    if let Some(path) = description
-        .child("log")
-        .and_then(|l| l.env.get("path"))
-        .and_then(Value::as_str)
-        && let Some(dir) = std::path::Path::new(path)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let registry = Arc::new(assembly::registry()?);
-    let tree = Tree::create(&description, registry)
-        .await
-        .context("building the host from its description")?;
-    let endpoint = tree
-        .context()
-        .get::<assembly::EndpointPart>("endpoint")
-        .map(|e| e.addr.to_string())
-        .unwrap_or_else(|| "?".into());
-    let http = tree
-        .context()
-        .get::<assembly::HttpPart>("http")
-        .map(|h| format!(", HTTP on http://{}", h.addr))
-        .unwrap_or_default();
-    println!(
-        "ca-host: {} serving on {endpoint}{http} (apps: {})",
-        description.name,
-        description
-            .child("host")
-            .and_then(|h| h.env.get("apps"))
-            .map(|a| a.to_string())
-            .unwrap_or_default()
-    );
-    let supervisor = Supervisor::new(tree.clone());
-    let outcome = supervisor
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await;
-    let _ = tree.shutdown().await;
-    outcome.map_err(|e| anyhow::anyhow!("the host could not be kept running: {e}"))
+    assembly::run(&description, assembly::registry()?, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 async fn dev(mut args: DevArgs) -> anyhow::Result<()> {

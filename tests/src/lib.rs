@@ -28,6 +28,42 @@ pub type RawClient = pb::spine_client::SpineClient<
     tonic::service::interceptor::InterceptedService<Channel, spine_client::Credentials>,
 >;
 
+/// Path of example `name` of the `ca-runtime` crate (`ca-runtime/examples/NAME.rs`) of this
+/// build profile, built first (a no-op when it is up to date).
+pub fn example(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = bin("ca-host")?
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .ok_or_else(|| anyhow::anyhow!("cannot locate the target directory"))?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "ca-runtime", "--example", name]);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || key.starts_with("CARGO_CRATE_")
+            || key.starts_with("CARGO_BIN_")
+            || key == "CARGO_PRIMARY_PACKAGE"
+            || key == "OUT_DIR"
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    let status = cmd.status()?;
+    if !status.success() {
+        bail!("cargo build of example {name} failed: {status}");
+    }
+    let path = dir.join("examples").join(name);
+    if !path.exists() {
+        bail!("example {} not found", path.display());
+    }
+    Ok(path)
+}
+
 /// Path of a workspace binary of this build profile, built once per process (a no-op when it is up
 /// to date) so a test or a benchmark never runs a stale one.
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {

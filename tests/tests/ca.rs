@@ -1154,3 +1154,101 @@ async fn a_method_checks_an_aggregate_pinned_for_its_message() -> anyhow::Result
     assert_eq!(allowed("dave-phone").await?, json!(true));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_binary_with_an_app_of_its_own_serves_it_checkpointed() -> anyhow::Result<()> {
+    let cluster = cluster().await?;
+    let dir = host_dir(&cluster, "greeter")?;
+    std::fs::create_dir_all(&dir)?;
+    let creds = cluster.credentials();
+    let listen = format!("127.0.0.1:{}", spine_tests::free_port()?);
+    let http = format!("127.0.0.1:{}", spine_tests::free_port()?);
+    let start = || -> anyhow::Result<tokio::process::Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("greeter.log"))?;
+        Ok(
+            tokio::process::Command::new(spine_tests::example("greeter")?)
+                .args([
+                    "--spine",
+                    &cluster.endpoints().join(","),
+                    "--listen",
+                    &listen,
+                ])
+                .env("CA_SPINE_TOKEN_FILE", creds.admin_token_file())
+                .env("CA_ROOT_KEY_FILE", creds.root_pub())
+                .env("CA_HTTP_LISTEN", &http)
+                .env("CA_INTENT_LOG", dir.join("intents.log"))
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()?,
+        )
+    };
+    let root = RootKey::from_private_hex(std::fs::read_to_string(creds.root_key())?.trim())?;
+    let token = issue(&root, &Constraints::any())?.to_base64();
+    let mut greeter = start()?;
+    let client = eventually("the greeter host to serve", Duration::from_secs(30), || {
+        let (listen, token) = (listen.clone(), token.clone());
+        async move { CaClient::connect(&listen, Some(&token)).await.ok() }
+    })
+    .await?;
+    let greet = |who: &'static str| {
+        let client = client.clone();
+        async move {
+            call_in(
+                "demo-greeter",
+                &client,
+                "alice-phone",
+                "greet",
+                vec![json!(who)],
+            )
+            .await
+        }
+    };
+    assert_eq!(greet("bob").await?.result, json!("hello bob (1)"));
+    assert_eq!(greet("bob").await?.result, json!("hello bob (2)"));
+    let refused = greet("").await;
+    assert_eq!(code(refused), Some(ErrorCode::AppError));
+    // The counter of host.json is served beside it.
+    assert_eq!(
+        client
+            .call(APP, "alice-phone", "increment", vec![])
+            .await?
+            .result,
+        json!(1)
+    );
+    // Killed and started again, the greeter remembers: its state is checkpointed in the Spine.
+    greeter.start_kill()?;
+    greeter.wait().await?;
+    let _greeter = start()?;
+    let reply = call_in("demo-greeter", &client, "alice-phone", "greeted", vec![]).await?;
+    assert_eq!(reply.result, json!({"bob": 2}));
+    let log = std::fs::read_to_string(dir.join("intents.log"))?;
+    assert_eq!(log.lines().count(), 2, "one log intent per greeting: {log}");
+    Ok(())
+}
+
+/// Calls `method` of CA `ca` of `app` until an answer that is not a retryable error or a
+/// transport error (the host starting), for up to 30 s.
+async fn call_in(
+    app: &str,
+    client: &CaClient,
+    ca: &str,
+    method: &str,
+    args: Vec<Value>,
+) -> Result<ca_client::Reply, CallError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.call(app, ca, method, args.clone()).await {
+            Err(CallError::Ca { code, .. }) if code.is_retryable() => {}
+            Err(CallError::Transport(_)) => {}
+            other => return other,
+        }
+        if tokio::time::Instant::now() > deadline {
+            return client.call(app, ca, method, args).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
