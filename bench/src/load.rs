@@ -4,21 +4,25 @@
 //!
 //! ```text
 //!  prepare: create the maps / put the keys (64 at a time) ─▶ one CasWriter per map/key
-//!  run:     N tasks, one per writer: payload ─▶ CAS on the version it last produced ─▶ ack
-//!           each task records its own latencies; a ticker prints progress on stderr
+//!  run:     the library's closed loop (`spine_client::load::drive`, as `spinectl load`), one
+//!           task per writer: payload ─▶ CAS on the version it last produced ─▶ ack; a ticker
+//!           prints progress on stderr; the first failed write fails the run
 //!  burst:   C tasks share W writers (W ≥ C): one write per writer, as fast as they go
 //! ```
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt};
 use sharing_map::{AppName, MapName};
 use spine_client::Client;
-use spine_client::load::{MapWriter, create_writers, value_text};
+pub use spine_client::load::Until;
+use spine_client::load::{
+    AckSink, DriveError, Going, LoadWriter, MapWriter, create_writers, drive, value_text,
+};
 
 use crate::cluster::{EtcdTarget, SpineTarget};
 use crate::etcd::EtcdConn;
@@ -130,15 +134,6 @@ pub async fn etcd_writers(
         .await
 }
 
-/// When a run stops.
-#[derive(Clone, Copy, Debug)]
-pub enum Until {
-    /// Every writer writes until this much time has passed.
-    Elapsed(Duration),
-    /// Every writer writes this many times.
-    Writes(u64),
-}
-
 /// What a run measured.
 #[derive(Debug)]
 pub struct RunFigures {
@@ -161,48 +156,47 @@ impl RunFigures {
     }
 }
 
-/// Runs every writer in its own task until `until`; prints progress every 2 s with `label`.
-/// Returns the writers (for more runs) and the figures; fails on the first failed write.
+/// A benchmark's writer in the library's closed loop: its first failed write fails the run (a
+/// measurement with errors would not compare like with like).
+struct FailFast<W>(W);
+
+impl<W: CasWriter> LoadWriter for FailFast<W> {
+    type Error = anyhow::Error;
+
+    async fn write(&mut self, seq: u64, _going: &Going) -> anyhow::Result<Option<Instant>> {
+        let sent = Instant::now();
+        self.0.write(payload(seq)).await?;
+        Ok(Some(sent))
+    }
+}
+
+/// Runs every writer in the library's closed loop (`spine_client::load::drive`, as `spinectl
+/// load` does) until `until`; prints progress every 2 s with `label`. Returns the writers (for
+/// more runs) and the figures; fails on the first failed write.
 pub async fn run<W: CasWriter>(
     writers: Vec<W>,
     until: Until,
     label: &str,
 ) -> anyhow::Result<(Vec<W>, RunFigures)> {
+    let recorded = Arc::new(Mutex::new(Latencies::new()));
     let acked = Arc::new(AtomicU64::new(0));
+    let (sink_latencies, sink_acked) = (recorded.clone(), acked.clone());
+    let ack: AckSink = Arc::new(move |latency, _at| {
+        sink_latencies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(latency);
+        sink_acked.fetch_add(1, Ordering::Relaxed);
+    });
     let start = Instant::now();
-    let tasks: Vec<_> = writers
-        .into_iter()
-        .map(|mut w| {
-            let acked = acked.clone();
-            tokio::spawn(async move {
-                let mut latencies = Latencies::new();
-                let mut n = 0u64;
-                loop {
-                    let more = match until {
-                        Until::Elapsed(d) => start.elapsed() < d,
-                        Until::Writes(k) => n < k,
-                    };
-                    if !more {
-                        break;
-                    }
-                    n += 1;
-                    let value = payload(n);
-                    let sent = Instant::now();
-                    w.write(value).await?;
-                    latencies.record(sent.elapsed());
-                    acked.fetch_add(1, Ordering::Relaxed);
-                }
-                anyhow::Ok((w, latencies, Instant::now()))
-            })
-        })
-        .collect();
-    let all = futures::future::try_join_all(tasks);
+    let going = Going::new(until);
+    let all = drive(writers.into_iter().map(FailFast).collect(), &going, ack);
     tokio::pin!(all);
     let mut ticker = tokio::time::interval(Duration::from_secs(2));
     ticker.tick().await;
-    let results = loop {
+    let (writers, error) = loop {
         tokio::select! {
-            results = &mut all => break results.context("a writer task panicked")?,
+            done = &mut all => break done,
             _ = ticker.tick() => {
                 let n = acked.load(Ordering::Relaxed);
                 let t = start.elapsed().as_secs_f64();
@@ -210,21 +204,19 @@ pub async fn run<W: CasWriter>(
             }
         }
     };
-    let mut latencies = Latencies::new();
-    let mut writers = Vec::with_capacity(results.len());
-    let mut end = start;
-    for result in results {
-        let (w, l, done) = result?;
-        latencies.merge(&l);
-        end = end.max(done);
-        writers.push(w);
+    let seconds = start.elapsed().as_secs_f64();
+    match error {
+        None => {}
+        Some(DriveError::Writer(e)) => return Err(e),
+        Some(DriveError::Task(e)) => bail!("a writer task failed: {e}"),
     }
+    let latencies = std::mem::take(&mut *recorded.lock().unwrap_or_else(PoisonError::into_inner));
     let figures = RunFigures {
         writes: latencies.count(),
         latencies,
-        seconds: end.saturating_duration_since(start).as_secs_f64(),
+        seconds,
     };
-    Ok((writers, figures))
+    Ok((writers.into_iter().map(|w| w.0).collect(), figures))
 }
 
 /// One write to every writer, `concurrency` at a time. Returns the writers in their order, the

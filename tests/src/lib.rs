@@ -35,33 +35,48 @@ pub fn example(name: &str) -> anyhow::Result<PathBuf> {
         .parent()
         .map(std::path::Path::to_path_buf)
         .ok_or_else(|| anyhow::anyhow!("cannot locate the target directory"))?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "ca-runtime", "--example", name]);
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("CARGO_PKG_")
-            || key.starts_with("CARGO_MANIFEST_")
-            || key.starts_with("CARGO_CRATE_")
-            || key.starts_with("CARGO_BIN_")
-            || key == "CARGO_PRIMARY_PACKAGE"
-            || key == "OUT_DIR"
-        {
-            cmd.env_remove(key.as_ref());
-        }
-    }
-    let status = cmd.status()?;
-    if !status.success() {
-        bail!("cargo build of example {name} failed: {status}");
-    }
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    cargo_build(&["-p", "ca-runtime", "--example", name], release).map_err(anyhow::Error::msg)?;
     let path = dir.join("examples").join(name);
     if !path.exists() {
         bail!("example {} not found", path.display());
     }
     Ok(path)
+}
+
+/// `cargo build --quiet ARGS` (`--release` if `release`), as a nested build: without the
+/// per-package variables cargo gave this process. A test (or `cargo run`) process has them
+/// (CARGO_PKG_*, CARGO_MANIFEST_DIR, OUT_DIR with a build script, ...); a nested cargo that
+/// inherits them records them in build-script fingerprints (ring's), so it would rebuild rustls,
+/// tonic and the servers, and so would the next top-level build.
+fn cargo_build(args: &[&str], release: bool) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "--quiet"]).args(args);
+    if release {
+        cmd.arg("--release");
+    }
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let per_package = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p));
+        if per_package || key == "CARGO_PRIMARY_PACKAGE" || key == "OUT_DIR" {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("running cargo build: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo build {} failed: {status}", args.join(" ")));
+    }
+    Ok(())
 }
 
 /// Path of a workspace binary of this build profile, built once per process (a no-op when it is up
@@ -79,50 +94,23 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
             if profile_dir.file_name().is_some_and(|n| n == "deps") {
                 profile_dir.pop();
             }
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = std::process::Command::new(cargo);
-            cmd.args([
-                "build",
-                "--quiet",
-                "-p",
-                "spine-server",
-                "-p",
-                "spine-client",
-                "-p",
-                "node-agent",
-                "-p",
-                "ca-runtime",
-                "-p",
-                "ca-client",
-                "--bins",
-            ]);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            // A test (or `cargo run`) process has the per-package variables cargo gives it
-            // (CARGO_PKG_*, CARGO_MANIFEST_DIR, OUT_DIR with a build script, ...). A nested cargo
-            // that inherits them records them in build-script fingerprints (ring's), so it would
-            // rebuild rustls, tonic and the servers, and so would the next top-level build.
-            for (key, _) in std::env::vars_os() {
-                let key = key.to_string_lossy();
-                let per_package = [
-                    "CARGO_PKG_",
-                    "CARGO_MANIFEST_",
-                    "CARGO_CRATE_",
-                    "CARGO_BIN_",
-                ]
-                .iter()
-                .any(|p| key.starts_with(p));
-                if per_package || key == "CARGO_PRIMARY_PACKAGE" || key == "OUT_DIR" {
-                    cmd.env_remove(key.as_ref());
-                }
-            }
-            let status = cmd
-                .status()
-                .map_err(|e| format!("running cargo build: {e}"))?;
-            if !status.success() {
-                return Err(format!("cargo build of the binaries failed: {status}"));
-            }
+            let release = profile_dir.file_name().is_some_and(|n| n == "release");
+            cargo_build(
+                &[
+                    "-p",
+                    "spine-server",
+                    "-p",
+                    "spine-client",
+                    "-p",
+                    "node-agent",
+                    "-p",
+                    "ca-runtime",
+                    "-p",
+                    "ca-client",
+                    "--bins",
+                ],
+                release,
+            )?;
             Ok(profile_dir)
         })
         .clone()

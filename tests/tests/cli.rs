@@ -75,6 +75,36 @@ async fn a_user_creates_puts_reads_calls_and_watches_with_spinectl() -> anyhow::
     let map = "alice-phone-prices";
     ctl.ok(&["map", "create", map]).await?;
 
+    // `spinectl load` measures the cluster: every write it counts is acknowledged, and its maps
+    // end at the version of the writes it made.
+    let report = ctl
+        .json(&[
+            "load",
+            "--writers",
+            "3",
+            "--seconds",
+            "1",
+            "--maps-prefix",
+            "cliload",
+        ])
+        .await?;
+    let ops = report["ops"].as_u64().unwrap_or(0);
+    assert!(ops > 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    let listed = ctl.json(&["map", "list"]).await?;
+    let versions: u64 = listed["maps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            m["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("cliload-"))
+        })
+        .map(|m| m["version"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(versions, ops, "{listed}");
+
     // A watcher in a second "terminal" sees each update.
     let mut watch = Command::new(bin("spinectl")?)
         .args([

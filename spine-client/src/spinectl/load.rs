@@ -9,21 +9,22 @@
 //!                    progress line on stderr every second ─▶ report on stdout
 //! ```
 //!
-//! The writers are the library's [`spine_client::load::MapWriter`]s, the ones `spine-bench`
-//! drives too; this file adds what the command does around them: errors counted and retried, a
-//! conflict re-read, progress and the report. Everything but [`run`] and the writer loop is
-//! pure, for tests.
+//! The writers are the library's [`spine_client::load::MapWriter`]s, driven by the library's
+//! closed loop ([`spine_client::load::drive`]), as `spine-bench` drives its writers; this file
+//! adds what the command does around them: errors counted and retried, a conflict re-read,
+//! progress and the report. Everything but [`run`] and the writer is pure, for tests.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use sharing_map::{AppName, ChangeSet, MapName};
-use spine_client::load::{MapWriter, create_writers, value_text};
+use sharing_map::{AppName, MapName};
+use spine_client::load::{
+    AckSink, DriveError, Going, LoadWriter, MapWriter, Until, create_writers, drive, value_text,
+};
 use spine_client::{Client, ClientError, Code};
 
 use super::args::{LoadArgs, Output};
@@ -381,83 +382,74 @@ fn lock(recorder: &Mutex<Recorder>) -> MutexGuard<'_, Recorder> {
     recorder.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What one writer needs: the shared Spine writer of its map, and the run it is part of.
+/// A writer of `spinectl load`: the library's Spine writer of its map, which counts every failed
+/// call, re-reads the version after a conflict and sends a change set again after a transient
+/// failure; only a fatal error ends the run.
 #[derive(Debug)]
 struct Writer {
     writer: MapWriter,
     value_bytes: usize,
-    deadline: Instant,
-    stop: Arc<AtomicBool>,
     recorder: Arc<Mutex<Recorder>>,
 }
 
 impl Writer {
-    fn going(&self) -> bool {
-        Instant::now() < self.deadline && !self.stop.load(Ordering::Relaxed)
-    }
-
-    /// Counts a failure; stops the whole run when it is fatal.
+    /// Counts a failure; an error when it is fatal (the run stops).
     fn failed(&self, error: ClientError, doing: &str) -> anyhow::Result<()> {
         lock(&self.recorder).error(error.code());
         if is_fatal(&error) {
-            self.stop.store(true, Ordering::Relaxed);
             return Err(anyhow!(error).context(format!("{doing} {}", self.writer.map())));
         }
         Ok(())
     }
 
-    async fn pause(&self) {
-        let until = (Instant::now() + ERROR_PAUSE).min(self.deadline);
+    async fn pause(going: &Going) {
+        let until = Instant::now() + ERROR_PAUSE;
+        let until = going.deadline().map_or(until, |d| until.min(d));
         tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
     }
 
-    /// Re-reads the map's version after a conflict; `false` when the run ended meanwhile.
-    async fn reread(&mut self) -> anyhow::Result<bool> {
-        while self.going() {
+    /// Re-reads the map's version after a conflict, while the run goes on.
+    async fn reread(&mut self, going: &Going) -> anyhow::Result<()> {
+        while going.still() {
             match self.writer.reread().await {
-                Ok(_) => return Ok(true),
+                Ok(_) => return Ok(()),
                 Err(e) => {
                     self.failed(e, "cannot read map")?;
-                    self.pause().await;
-                }
-            }
-        }
-        Ok(false)
-    }
-
-    /// Updates the map until the deadline. Fails only on a fatal error.
-    async fn run(mut self) -> anyhow::Result<()> {
-        // An update that failed transiently, to send again, with the time it was first sent.
-        let mut pending: Option<(ChangeSet, Instant)> = None;
-        while self.going() {
-            let (change_set, first_sent) = match pending.take() {
-                Some(retry) => retry,
-                None => {
-                    let value = value_text(self.writer.writes() + 1, self.value_bytes);
-                    (self.writer.next_change_set(value)?, Instant::now())
-                }
-            };
-            match self.writer.apply(&change_set).await {
-                Ok(_) => {
-                    let at = Instant::now();
-                    lock(&self.recorder).ack(at.saturating_duration_since(first_sent), at);
-                }
-                Err(e) if e.is_conflict() => {
-                    self.failed(e, "cannot update map")?;
-                    if !self.reread().await? {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    self.failed(e, "cannot update map")?;
-                    // The same change set again: if the failed attempt was applied after all,
-                    // the Spine acknowledges the repeat of its update id.
-                    pending = Some((change_set, first_sent));
-                    self.pause().await;
+                    Self::pause(going).await;
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl LoadWriter for Writer {
+    type Error = anyhow::Error;
+
+    /// One update of the map; a transient failure sends the same change set again (if the
+    /// failed attempt was applied after all, the Spine acknowledges the repeat of its update
+    /// id), a conflict re-reads the version and gives this value up.
+    async fn write(&mut self, _seq: u64, going: &Going) -> anyhow::Result<Option<Instant>> {
+        let value = value_text(self.writer.writes() + 1, self.value_bytes);
+        let change_set = self.writer.next_change_set(value)?;
+        let sent = Instant::now();
+        loop {
+            match self.writer.apply(&change_set).await {
+                Ok(_) => return Ok(Some(sent)),
+                Err(e) if e.is_conflict() => {
+                    self.failed(e, "cannot update map")?;
+                    self.reread(going).await?;
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.failed(e, "cannot update map")?;
+                    Self::pause(going).await;
+                    if !going.still() {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -495,20 +487,18 @@ pub async fn run(
 
     let start = Instant::now();
     let recorder = Arc::new(Mutex::new(Recorder::new(start)));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = writers.into_iter().map(|writer| {
-        tokio::spawn(
-            Writer {
-                writer,
-                value_bytes: args.value_bytes,
-                deadline: start + args.seconds,
-                stop: stop.clone(),
-                recorder: recorder.clone(),
-            }
-            .run(),
-        )
-    });
-    let all = futures::future::try_join_all(writers);
+    let writers: Vec<Writer> = writers
+        .into_iter()
+        .map(|writer| Writer {
+            writer,
+            value_bytes: args.value_bytes,
+            recorder: recorder.clone(),
+        })
+        .collect();
+    let going = Going::new(Until::Elapsed(args.seconds));
+    let sink = recorder.clone();
+    let ack: AckSink = Arc::new(move |latency, at| lock(&sink).ack(latency, at));
+    let all = drive(writers, &going, ack);
     tokio::pin!(all);
     let second = Duration::from_secs(1);
     let mut ticker =
@@ -517,22 +507,26 @@ pub async fn run(
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut interrupted = false;
-    let results = loop {
+    let (_, error) = loop {
         tokio::select! {
-            results = &mut all => break results.context("a writer task failed")?,
+            done = &mut all => break done,
             _ = ticker.tick() => {
                 let progress = lock(&recorder).tick(start, Instant::now());
                 eprintln!("{}", progress.line());
             }
             _ = &mut ctrl_c, if !interrupted => {
                 interrupted = true;
-                stop.store(true, Ordering::Relaxed);
+                going.stop();
                 eprintln!("interrupted: waiting for the updates in flight");
             }
         }
     };
     let end = Instant::now();
-    results.into_iter().collect::<anyhow::Result<()>>()?;
+    match error {
+        None => {}
+        Some(DriveError::Writer(e)) => return Err(e),
+        Some(e @ DriveError::Task(_)) => return Err(anyhow!(e.to_string())),
+    }
     let report = lock(&recorder).report(&info, start, end);
     match output {
         Output::Human => println!("{}", report.human()),
