@@ -165,18 +165,12 @@ impl Component for RoutesPart {}
 pub struct HttpPart {
     /// Where it listens.
     pub addr: SocketAddr,
-    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    stop: Stop,
 }
 
 impl Component for HttpPart {
     fn shutdown(&self) -> BoxFuture<'_, Result<(), BoxError>> {
-        let stop = self.stop.lock().ok().and_then(|mut s| s.take());
-        Box::pin(async move {
-            if let Some(stop) = stop {
-                let _ = stop.send(());
-            }
-            Ok(())
-        })
+        self.stop.shutdown()
     }
 }
 
@@ -204,23 +198,38 @@ impl Component for PlacementPart {}
 pub struct HostPart(pub Host);
 impl Component for HostPart {}
 
+/// A server's stop signal: sent once, at the part's shutdown.
+#[derive(Debug)]
+pub struct Stop(std::sync::Mutex<Option<oneshot::Sender<()>>>);
+
+impl Stop {
+    /// A stop signal and what the server waits on.
+    pub fn new() -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (Self(std::sync::Mutex::new(Some(tx))), rx)
+    }
+
+    /// Stops the server (once; later calls do nothing).
+    pub fn shutdown(&self) -> BoxFuture<'_, Result<(), BoxError>> {
+        let stop = self.0.lock().ok().and_then(|mut s| s.take());
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
 /// The client endpoint, serving until shut down.
 #[derive(Debug)]
 pub struct EndpointPart {
     /// Where it listens.
     pub addr: SocketAddr,
-    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    stop: Stop,
 }
 
 impl Component for EndpointPart {
     fn shutdown(&self) -> BoxFuture<'_, Result<(), BoxError>> {
-        let stop = self.stop.lock().ok().and_then(|mut s| s.take());
-        Box::pin(async move {
-            if let Some(stop) = stop {
-                let _ = stop.send(());
-            }
-            Ok(())
-        })
+        self.stop.shutdown()
     }
 }
 
@@ -463,7 +472,7 @@ async fn endpoint(a: FactoryArgs) -> Result<EndpointPart, BoxError> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(spine_proto::CA_FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let (stop, stopped) = oneshot::channel::<()>();
+    let (stop, stopped) = Stop::new();
     let service = CaService::new(host, verifier).into_server();
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
@@ -481,10 +490,7 @@ async fn endpoint(a: FactoryArgs) -> Result<EndpointPart, BoxError> {
             tracing::error!(error = %e, "client endpoint failed");
         }
     });
-    Ok(EndpointPart {
-        addr,
-        stop: std::sync::Mutex::new(Some(stop)),
-    })
+    Ok(EndpointPart { addr, stop })
 }
 
 async fn http(a: FactoryArgs) -> Result<HttpPart, BoxError> {
@@ -505,7 +511,7 @@ async fn http(a: FactoryArgs) -> Result<HttpPart, BoxError> {
         .await
         .map_err(|e| format!("HTTP listening on {listen} (is another ca-host running?): {e}"))?;
     let addr = listener.local_addr()?;
-    let (stop, stopped) = oneshot::channel::<()>();
+    let (stop, stopped) = Stop::new();
     tokio::spawn(async move {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async {
@@ -516,10 +522,7 @@ async fn http(a: FactoryArgs) -> Result<HttpPart, BoxError> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    Ok(HttpPart {
-        addr,
-        stop: std::sync::Mutex::new(Some(stop)),
-    })
+    Ok(HttpPart { addr, stop })
 }
 
 #[cfg(test)]

@@ -609,6 +609,20 @@ mod tests {
             }
         }
 
+        /// A new CA after its first turn (`__ca_init__`), not yet checkpointed.
+        fn started(&self) -> Working {
+            let mut w = Working::from_committed(&self.committed);
+            w.run_init(
+                &self.counter,
+                self.ids(),
+                &mut self.scratch.clone(),
+                &Pins::default(),
+                &self.limits,
+            )
+            .expect("init");
+            w
+        }
+
         fn ids(&self) -> Ids<'_> {
             Ids {
                 app: &self.app,
@@ -658,15 +672,7 @@ mod tests {
     #[test]
     fn a_failed_turn_leaves_state_maps_and_intents_as_they_were() {
         let mut f = Fixture::new();
-        let mut w = Working::from_committed(&f.committed);
-        w.run_init(
-            &f.counter,
-            f.ids(),
-            &mut f.scratch.clone(),
-            &Pins::default(),
-            &f.limits,
-        )
-        .expect("init");
+        let mut w = f.started();
         assert_eq!(f.call(&mut w, &[("share", json!([2]))]), Ok(json!(2)));
         let before = w.clone();
         let e = f
@@ -698,15 +704,7 @@ mod tests {
     #[test]
     fn a_multi_call_is_all_or_nothing_and_returns_the_last_result() {
         let mut f = Fixture::new();
-        let mut w = Working::from_committed(&f.committed);
-        w.run_init(
-            &f.counter,
-            f.ids(),
-            &mut f.scratch.clone(),
-            &Pins::default(),
-            &f.limits,
-        )
-        .expect("init");
+        let mut w = f.started();
         let r = f.call(
             &mut w,
             &[
@@ -724,15 +722,7 @@ mod tests {
     #[test]
     fn turns_run_while_a_checkpoint_is_in_flight_join_the_next_one_with_keyed_intents() {
         let mut f = Fixture::new();
-        let mut w = Working::from_committed(&f.committed);
-        w.run_init(
-            &f.counter,
-            f.ids(),
-            &mut f.scratch.clone(),
-            &Pins::default(),
-            &f.limits,
-        )
-        .expect("init");
+        let mut w = f.started();
         f.call(&mut w, &[("log", json!(["a"]))]).expect("log");
         f.call(&mut w, &[("log", json!(["b"]))]).expect("log");
         let first = f.commit(&mut w).expect("checkpoint");
@@ -807,15 +797,7 @@ mod tests {
             aborts: Default::default(),
         });
         f.limits.turn_plugins.push(plugin.clone());
-        let mut w = Working::from_committed(&f.committed);
-        w.run_init(
-            &f.counter,
-            f.ids(),
-            &mut f.scratch.clone(),
-            &Pins::default(),
-            &f.limits,
-        )
-        .expect("init");
+        let mut w = f.started();
         f.call(&mut w, &[("increment", json!([]))]).expect("turn 2");
         let e = f
             .call(&mut w, &[("increment", json!([]))])
@@ -838,15 +820,7 @@ mod tests {
     #[test]
     fn a_message_completing_an_intent_removes_it_once_and_a_repeat_does_not_run() {
         let mut f = Fixture::new();
-        let mut w = Working::from_committed(&f.committed);
-        w.run_init(
-            &f.counter,
-            f.ids(),
-            &mut f.scratch.clone(),
-            &Pins::default(),
-            &f.limits,
-        )
-        .expect("init");
+        let mut w = f.started();
         f.call(&mut w, &[("log", json!(["call out"]))])
             .expect("log");
         let cp = f.commit(&mut w).expect("checkpoint");
@@ -888,15 +862,7 @@ mod tests {
     #[test]
     fn a_failing_answer_still_completes_its_intent() {
         let mut f = Fixture::new();
-        let mut w = Working::from_committed(&f.committed);
-        w.run_init(
-            &f.counter,
-            f.ids(),
-            &mut f.scratch.clone(),
-            &Pins::default(),
-            &f.limits,
-        )
-        .expect("init");
+        let mut w = f.started();
         f.call(&mut w, &[("log", json!(["x"]))]).expect("log");
         let key = f.commit(&mut w).expect("checkpoint").intents[0].key.clone();
         let mut m = Message::system(
@@ -937,15 +903,7 @@ mod tests {
     fn an_abort_that_fails_stops_the_activation() {
         let mut f = Fixture::new();
         f.limits.turn_plugins.push(Arc::new(BrokenAbort));
-        let mut w = Working::from_committed(&f.committed);
-        w.run_init(
-            &f.counter,
-            f.ids(),
-            &mut f.scratch.clone(),
-            &Pins::default(),
-            &f.limits,
-        )
-        .expect("init");
+        let mut w = f.started();
         let ok = f.call(&mut w, &[("increment", json!([]))]).expect("runs");
         assert_eq!(ok, json!(1));
         let e = f
@@ -1006,15 +964,7 @@ mod tests {
     #[test]
     fn every_method_of_a_message_reads_the_version_pinned_for_it() {
         let mut f = Fixture::new();
-        let mut w = Working::from_committed(&f.committed);
-        w.run_init(
-            &f.counter,
-            f.ids(),
-            &mut f.scratch.clone(),
-            &Pins::default(),
-            &f.limits,
-        )
-        .expect("init");
+        let mut w = f.started();
         fn read(method: &str) -> (&str, Value) {
             (method, json!(["bob-shop-prices", "price"]))
         }
@@ -1086,15 +1036,7 @@ mod tests {
             assert!(e.message.contains(old) && e.message.contains(new), "{e}");
         }
         let mut f = Fixture::new();
-        let mut w = Working::from_committed(&f.committed);
-        w.run_init(
-            &f.counter,
-            f.ids(),
-            &mut f.scratch.clone(),
-            &Pins::default(),
-            &f.limits,
-        )
-        .expect("init");
+        let mut w = f.started();
         f.commit(&mut w).expect("checkpoint");
         for (code, expect) in [
             ("0.1.1", None),

@@ -37,9 +37,20 @@ async fn call_retrying(
     method: &str,
     args: Vec<Value>,
 ) -> Result<ca_client::Reply, CallError> {
+    call_in(APP, client, ca, method, args).await
+}
+
+/// [`call_retrying`] for a CA of `app`.
+async fn call_in(
+    app: &str,
+    client: &CaClient,
+    ca: &str,
+    method: &str,
+    args: Vec<Value>,
+) -> Result<ca_client::Reply, CallError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match client.call(APP, ca, method, args.clone()).await {
+        match client.call(app, ca, method, args.clone()).await {
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -1228,27 +1239,4 @@ async fn a_host_binary_with_an_app_of_its_own_serves_it_checkpointed() -> anyhow
     let log = std::fs::read_to_string(dir.join("intents.log"))?;
     assert_eq!(log.lines().count(), 2, "one log intent per greeting: {log}");
     Ok(())
-}
-
-/// Calls `method` of CA `ca` of `app` until an answer that is not a retryable error or a
-/// transport error (the host starting), for up to 30 s.
-async fn call_in(
-    app: &str,
-    client: &CaClient,
-    ca: &str,
-    method: &str,
-    args: Vec<Value>,
-) -> Result<ca_client::Reply, CallError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match client.call(app, ca, method, args.clone()).await {
-            Err(CallError::Ca { code, .. }) if code.is_retryable() => {}
-            Err(CallError::Transport(_)) => {}
-            other => return other,
-        }
-        if tokio::time::Instant::now() > deadline {
-            return client.call(app, ca, method, args).await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
