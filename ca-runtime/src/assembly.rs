@@ -89,6 +89,7 @@ pub fn registry() -> Result<Registry, components::Error> {
             &a.env, "path",
         )?))))
     })?;
+    crate::plugins::session::register(&mut r)?;
     r.register("ca-runtime#counter", |a: FactoryArgs| async move {
         let version = semver::Version::parse(&str_of(&a.env, "state_version")?)
             .map_err(|e| format!("state_version: {e}"))?;
@@ -413,6 +414,21 @@ fn host(a: &FactoryArgs) -> Result<HostPart, BoxError> {
         ..HostConfig::default()
     };
     config.limits.max_state_bytes = u64_of(&a.env, "max_state_bytes")? as usize;
+    // Who besides a CA's owner may call it: per app, a list of rules (crate::access).
+    match a.env.get("rules") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(by_app)) => {
+            for (app, rules) in by_app {
+                let name = AppName::parse(app).map_err(|e| format!("env rules: {e}"))?;
+                let policy = crate::access::AccessPolicy::from_json(rules)
+                    .map_err(|e| format!("env rules.{app}: {e}"))?;
+                config.access.insert(name, policy);
+            }
+        }
+        Some(other) => {
+            return Err(format!("env rules must map apps to lists of rules, not {other}").into());
+        }
+    }
     Ok(HostPart(Host::new(
         spine.client.clone(),
         agent,
@@ -473,7 +489,15 @@ async fn endpoint(a: FactoryArgs) -> Result<EndpointPart, BoxError> {
         .register_encoded_file_descriptor_set(spine_proto::CA_FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let (stop, stopped) = Stop::new();
-    let service = CaService::new(host, verifier).into_server();
+    let listeners = match opt_str(&a.env, "listeners")? {
+        Some(_) => Some(
+            part::<crate::plugins::session::ListenersPart>(&a, "listeners")?
+                .0
+                .clone(),
+        ),
+        None => None,
+    };
+    let service = CaService::with_listeners(host, verifier, listeners).into_server();
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(health_service)
@@ -549,6 +573,8 @@ mod tests {
                 "spine",
                 "agent",
                 "log",
+                "session-listeners",
+                "session",
                 "demo-counter",
                 "placement",
                 "host",
