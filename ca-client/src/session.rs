@@ -187,30 +187,47 @@ impl Session {
         Ok(session)
     }
 
-    async fn request(&self, op: Op) -> Result<Value, SessionError> {
-        if let Some(why) = self.closed() {
-            return Err(SessionError::Closed(why));
+    /// Queues `op` now (so requests run in the order they are made, whenever their futures are
+    /// polled) and answers once it ran.
+    fn request(
+        &self,
+        op: Op,
+    ) -> impl Future<Output = Result<Value, SessionError>> + Send + 'static {
+        let queued = match self.closed() {
+            Some(why) => Err(SessionError::Closed(why)),
+            None => {
+                let (reply, rx) = oneshot::channel();
+                match self.tx.send(Command::Request(Request { op, reply })) {
+                    Ok(()) => Ok(rx),
+                    Err(_) => Err(SessionError::Closed(self.shared.why())),
+                }
+            }
+        };
+        let shared = self.shared.clone();
+        async move {
+            queued?
+                .await
+                .unwrap_or_else(|_| Err(SessionError::Closed(shared.why())))
         }
-        let (reply, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Command::Request(Request { op, reply }))
-            .is_err()
-        {
-            return Err(SessionError::Closed(self.shared.why()));
-        }
-        rx.await
-            .unwrap_or_else(|_| Err(SessionError::Closed(self.shared.why())))
     }
 
-    /// Calls `method` with `args`; answered once the turn committed.
-    pub async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, SessionError> {
-        self.multi_call(vec![MethodCall::new(method, args)]).await
+    /// Calls `method` with `args`; answered once the turn committed. The call is queued when
+    /// this is called, not when the future is first polled.
+    pub fn call(
+        &self,
+        method: &str,
+        args: Vec<Value>,
+    ) -> impl Future<Output = Result<Value, SessionError>> + Send + 'static {
+        self.multi_call(vec![MethodCall::new(method, args)])
     }
 
-    /// Calls several methods in one transaction; the last result.
-    pub async fn multi_call(&self, calls: Vec<MethodCall>) -> Result<Value, SessionError> {
-        self.request(Op::Calls(calls)).await
+    /// Calls several methods in one transaction; the last result. Queued at once, like
+    /// [`call`](Self::call).
+    pub fn multi_call(
+        &self,
+        calls: Vec<MethodCall>,
+    ) -> impl Future<Output = Result<Value, SessionError>> + Send + 'static {
+        self.request(Op::Calls(calls))
     }
 
     /// Starts a new exactly-once instance of the session (after the requests queued before it).

@@ -181,7 +181,7 @@ impl Host {
     ) -> Result<Reply, CaError> {
         let (app, ca) = parse_names(app, ca)?;
         let calls = self.parse_calls(calls)?;
-        if let Some(s) = session {
+        if let Some(s) = session.filter(|s| !s.is_empty()) {
             crate::plugins::session::check_session_name(s)?;
         }
         self.send(

@@ -24,10 +24,11 @@
 //! - `notify(text, to = "default")` → queues the notification `[text]` for session `to` (or every
 //!   session matching it, with `*`), at commit; returns `[text]`;
 //! - `outq(session?)`, `sessions()`, `limit_queue(n, session?)`: the queues as app code sees them;
-//! - `buy(nonce, index, item)` → buys `item` once per `index` if `nonce` is the current
-//!   exactly-once instance of the caller's session (`remember`s `index`); else an app error. The
-//!   Caf.js "hellopersistent" pattern: a client that crashed calls `@begin` and goes on after the
-//!   memento; `bought()` → `{item: times}`;
+//! - `buy(nonce, index, item)` → appends `item` to the list `bought()` returns, if `nonce` is the
+//!   current exactly-once instance of the caller's session (it `remember`s `index`; a repeat of
+//!   an index it already remembered buys nothing); a stale nonce is an app error. The Caf.js
+//!   "hellopersistent" pattern: a client that crashed calls `@begin` and goes on after the
+//!   memento;
 //! - `whoami()` → the message's sender (session and caller);
 //! - `acl_versions(root)` → the versions of the maps of aggregate `root` pinned for this message.
 //!
@@ -226,28 +227,25 @@ impl App for Counter {
                 let nonce: String = arg(args, 0, "nonce")?;
                 let index: u64 = arg(args, 1, "index")?;
                 let item: String = arg(args, 2, "item")?;
-                if !Sessions::of(cx).remember(&nonce, json!(index))? {
+                let mut sessions = Sessions::of(cx);
+                let done = sessions.memento(&nonce)?.and_then(|m| m.as_u64());
+                if !sessions.remember(&nonce, json!(index))? {
                     return Err(MethodError::App(format!(
                         "not buying {item} ({index}): nonce {nonce} is not the session's current instance"
                     )));
                 }
-                let bought = cx.state.entry("bought").or_insert_with(|| json!({}));
-                // A repeat of a buy that committed (a retried call) buys nothing more.
-                if bought.get(index.to_string()).is_none() {
-                    bought[index.to_string()] = json!(item);
+                // A repeat of a buy that committed (a call retried after its answer was lost)
+                // buys nothing more: the instance remembers how far it got.
+                if done.is_some_and(|d| index <= d) {
+                    return Ok(json!({"index": index, "repeat": true}));
                 }
-                Ok(json!(index))
-            }
-            "bought" => {
-                let mut times = serde_json::Map::new();
-                if let Some(Value::Object(bought)) = cx.state.get("bought") {
-                    for item in bought.values().filter_map(Value::as_str) {
-                        let n = times.get(item).and_then(Value::as_u64).unwrap_or(0);
-                        times.insert(item.to_string(), json!(n + 1));
-                    }
+                let bought = cx.state.entry("bought").or_insert_with(|| json!([]));
+                if let Value::Array(list) = bought {
+                    list.push(json!(item));
                 }
-                Ok(Value::Object(times))
+                Ok(json!({"index": index, "repeat": false}))
             }
+            "bought" => Ok(cx.state.get("bought").cloned().unwrap_or(json!([]))),
             "whoami" => Ok(match cx.sender() {
                 crate::turn::Sender::Client { session, caller } => {
                     json!({"session": session, "caller": caller.as_str()})

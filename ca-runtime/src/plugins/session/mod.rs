@@ -309,6 +309,15 @@ impl<'c, 'a> Sessions<'c, 'a> {
         }
     }
 
+    /// The memento the current instance of this message's session remembered before this
+    /// turn, if `nonce` is that instance (`None` otherwise, or if it remembered nothing yet).
+    pub fn memento(&mut self, nonce: &str) -> MethodResult<Option<Value>> {
+        let session = self.session_or_current(None)?;
+        let s = session_of(self.state()?, &session)?;
+        Ok(s.filter(|s| s.nonce.as_deref() == Some(nonce))
+            .and_then(|s| s.memento))
+    }
+
     /// Ends instance `nonce` of this message's session (idempotent): `false` if another
     /// instance is current.
     pub fn end(&mut self, nonce: &str) -> MethodResult<bool> {
