@@ -90,6 +90,7 @@ pub fn registry() -> Result<Registry, components::Error> {
         )?))))
     })?;
     crate::plugins::session::register(&mut r)?;
+    crate::web::register(&mut r)?;
     r.register("ca-runtime#counter", |a: FactoryArgs| async move {
         let version = semver::Version::parse(&str_of(&a.env, "state_version")?)
             .map_err(|e| format!("state_version: {e}"))?;
@@ -225,6 +226,8 @@ impl Stop {
 pub struct EndpointPart {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The service it serves (the WebSocket endpoint serves the same, in-process).
+    pub service: CaService,
     stop: Stop,
 }
 
@@ -497,12 +500,13 @@ async fn endpoint(a: FactoryArgs) -> Result<EndpointPart, BoxError> {
         ),
         None => None,
     };
-    let service = CaService::with_listeners(host, verifier, listeners).into_server();
+    let service = CaService::with_listeners(host, verifier, listeners);
+    let served = service.clone().into_server();
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(service)
+            .add_service(served)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async {
@@ -514,7 +518,11 @@ async fn endpoint(a: FactoryArgs) -> Result<EndpointPart, BoxError> {
             tracing::error!(error = %e, "client endpoint failed");
         }
     });
-    Ok(EndpointPart { addr, stop })
+    Ok(EndpointPart {
+        addr,
+        service,
+        stop,
+    })
 }
 
 async fn http(a: FactoryArgs) -> Result<HttpPart, BoxError> {
@@ -579,6 +587,7 @@ mod tests {
                 "placement",
                 "host",
                 "endpoint",
+                "web",
                 "http"
             ],
             "parts are created in order: each after the parts it uses"

@@ -18,6 +18,7 @@
 //!   answer the CA with a message through a [`plugins::Courier`].
 //! - [`access`]: who may call a CA: its owner, or callers the app's rules grant.
 //! - [`apps`]: example apps (`counter`).
+//! - [`web`]: the WebSocket endpoint (JSON frames, same operations as `ca.v1`) and the web page.
 //! - [`assembly`]: the host as JSON components (`ca-runtime/host.json`) and their factories.
 
 pub mod access;
@@ -36,6 +37,7 @@ pub mod plugins;
 pub mod reads;
 pub mod service;
 pub mod turn;
+pub mod web;
 
 pub use activation::Reply;
 pub use app::{App, Cx, MethodError, MethodResult, ReadSpec};
