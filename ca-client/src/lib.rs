@@ -256,6 +256,9 @@ pub struct Notification {
     pub session: String,
     /// Its arguments (a JSON array).
     pub args: serde_json::Value,
+    /// When the host sent it (right after its checkpoint committed, or when the listener
+    /// joined for one already queued), by the host's clock.
+    pub pushed_at: std::time::SystemTime,
 }
 
 /// What `begin` answers: the new exactly-once instance.
@@ -396,6 +399,7 @@ impl CaClient {
                 seq: n.seq,
                 session: n.session,
                 args: json_answer(&n.args_json)?,
+                pushed_at: std::time::UNIX_EPOCH + Duration::from_micros(n.pushed_unix_us),
             })
         })))
     }

@@ -20,7 +20,7 @@ use crate::CaError;
 use crate::checkpoint::{CaState, state_map_name};
 use crate::host::Host;
 use crate::placement::Route;
-use crate::plugins::session::{self, Listeners, Notification, SessionTable};
+use crate::plugins::session::{self, Listeners, Notification, Pushed, SessionTable};
 
 /// The admins' principal: a token admitting this CA of this app may inspect any CA.
 pub const ADMIN_APP: &str = "spine-system";
@@ -138,7 +138,7 @@ impl Front {
         session: &str,
         caller: CaName,
         after: u64,
-    ) -> Result<impl Stream<Item = Result<Notification, CaError>> + Send + 'static, CaError> {
+    ) -> Result<impl Stream<Item = Result<Pushed, CaError>> + Send + 'static, CaError> {
         let session = if session.is_empty() {
             crate::turn::DEFAULT_SESSION
         } else {
@@ -164,12 +164,17 @@ impl Front {
             .map_err(|e| CaError::exception(format!("the session's queue does not decode: {e}")))?;
         let (tx, rx) = mpsc::channel(64);
         let host = self.host.clone();
+        let queued_at = SystemTime::now();
         tokio::spawn(async move {
             let mut sent = after;
             for n in queue {
                 if n.seq > sent {
                     sent = n.seq;
-                    if tx.send(Ok(n)).await.is_err() {
+                    let pushed = Pushed {
+                        notification: n,
+                        at: queued_at,
+                    };
+                    if tx.send(Ok(pushed)).await.is_err() {
                         return;
                     }
                 }
@@ -178,9 +183,9 @@ impl Front {
             loop {
                 tokio::select! {
                     n = sub.recv() => match n {
-                        Some(n) if n.seq > sent => {
-                            sent = n.seq;
-                            if tx.send(Ok(n)).await.is_err() {
+                        Some(p) if p.notification.seq > sent => {
+                            sent = p.notification.seq;
+                            if tx.send(Ok(p)).await.is_err() {
                                 return;
                             }
                         }

@@ -256,10 +256,14 @@ impl pb::ca_server::Ca for CaService {
             .await
             .map_err(|e| e.to_status())?;
         let stream = futures::StreamExt::map(stream, |item| {
-            item.map(|n| pb::Notification {
-                seq: n.seq,
-                session: n.session,
-                args_json: n.args.to_string(),
+            item.map(|p| pb::Notification {
+                seq: p.notification.seq,
+                session: p.notification.session,
+                args_json: p.notification.args.to_string(),
+                pushed_unix_us: p
+                    .at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64),
             })
             .map_err(|e| e.to_status())
         });

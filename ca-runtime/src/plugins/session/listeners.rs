@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::SystemTime;
 
 use sharing_map::{AppName, CaName};
 use tokio::sync::mpsc;
@@ -24,7 +25,16 @@ struct Listener {
     id: u64,
     session: String,
     sent: u64,
-    tx: mpsc::Sender<Notification>,
+    tx: mpsc::Sender<Pushed>,
+}
+
+/// A notification pushed to a listener, and when: right after its checkpoint committed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pushed {
+    /// The notification.
+    pub notification: Notification,
+    /// When the host pushed it.
+    pub at: SystemTime,
 }
 
 /// The listeners of a host.
@@ -49,7 +59,7 @@ impl std::fmt::Debug for Listeners {
 /// the host drops a listener that did not keep up (then [`Subscription::recv`] ends).
 #[derive(Debug)]
 pub struct Subscription {
-    rx: mpsc::Receiver<Notification>,
+    rx: mpsc::Receiver<Pushed>,
     key: Key,
     id: u64,
     listeners: Weak<Listeners>,
@@ -57,7 +67,7 @@ pub struct Subscription {
 
 impl Subscription {
     /// The next notification pushed; `None` once the host dropped this listener.
-    pub async fn recv(&mut self) -> Option<Notification> {
+    pub async fn recv(&mut self) -> Option<Pushed> {
         self.rx.recv().await
     }
 }
@@ -127,13 +137,18 @@ impl Listeners {
         let Some(list) = by_ca.get_mut(&key) else {
             return;
         };
+        let now = SystemTime::now();
         list.retain_mut(|l| {
             let Some(session) = table.sessions.get(&l.session) else {
                 return !l.tx.is_closed();
             };
             let sent = l.sent;
             for n in session.queue.iter().filter(|n| n.seq > sent) {
-                match l.tx.try_send(n.clone()) {
+                let pushed = Pushed {
+                    notification: n.clone(),
+                    at: now,
+                };
+                match l.tx.try_send(pushed) {
                     Ok(()) => l.sent = n.seq,
                     // Stuck or gone: drop it; its client reconnects and reads the queue.
                     Err(_) => return false,

@@ -31,7 +31,7 @@ use crate::turn::{Ids, Sender, TurnPlugin};
 pub mod listeners;
 pub mod table;
 
-pub use listeners::{Listeners, Subscription};
+pub use listeners::{Listeners, Pushed, Subscription};
 pub use table::{Begun, Bounds, Notification, Op, Session, SessionTable, Target};
 
 /// The plugin's name: its state is `p.session` in the checkpoint.
