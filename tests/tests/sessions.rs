@@ -631,3 +631,109 @@ async fn a_session_that_makes_no_progress_closes_with_the_reason() -> anyhow::Re
     assert_eq!(again, e);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_command_listens_begins_ends_and_inspects() -> anyhow::Result<()> {
+    let cluster = cluster().await?;
+    let host = CaHost::start(&cluster, host_dir(&cluster, "host"), vec![]).await?;
+    let token = cluster.token();
+    let ca = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(spine_tests::bin("ca")?);
+        cmd.args([
+            "--endpoint",
+            &host.endpoint(),
+            "--token",
+            &token,
+            "--output",
+            "json",
+        ])
+        .args(args)
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        anyhow::Ok(cmd)
+    };
+    let run = |args: &[&str]| {
+        let cmd = ca(args);
+        async move {
+            let out = cmd?.output().await?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(serde_json::from_slice::<Value>(&out.stdout)?)
+        }
+    };
+    run(&["call", APP, "ann-phone", "increment"]).await?;
+    let listener = ca(&[
+        "--session",
+        "cli",
+        "listen",
+        APP,
+        "ann-phone",
+        "--count",
+        "2",
+    ])?
+    .spawn()?;
+    // The listener is in place once its session shows up with the first notification acked.
+    eventually(
+        "the listener to take a notification",
+        Duration::from_secs(20),
+        || {
+            let run = &run;
+            async move {
+                run(&["call", APP, "ann-phone", "notify", "ping", "cli"])
+                    .await
+                    .ok()?;
+                let view = run(&["inspect", APP, "ann-phone"]).await.ok()?;
+                view["sessions"].get("cli").is_none().then_some(())
+            }
+        },
+    )
+    .await?;
+    run(&[
+        "call",
+        APP,
+        "ann-phone",
+        "notify",
+        "{\"last\": true}",
+        "cli",
+    ])
+    .await?;
+    let out = tokio::time::timeout(ARRIVES, listener.wait_with_output()).await??;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().all(|l| l["session"] == json!("cli")));
+    assert_eq!(lines[0]["args"], json!(["ping"]));
+    assert!(lines[0]["seq"].as_u64() < lines[1]["seq"].as_u64());
+    let begun = run(&["--session", "s", "session", "begin", APP, "ann-phone"]).await?;
+    let nonce = begun["nonce"].as_str().unwrap_or_default().to_string();
+    assert_eq!(begun["memento"], Value::Null);
+    let bought = run(&[
+        "--session",
+        "s",
+        "call",
+        APP,
+        "ann-phone",
+        "buy",
+        &nonce,
+        "0",
+        "tea",
+    ])
+    .await?;
+    assert_eq!(bought["result"], json!({"index": 0, "repeat": false}));
+    let again = run(&["--session", "s", "session", "begin", APP, "ann-phone"]).await?;
+    assert_eq!(again["memento"], json!(0));
+    let ended = run(&["--session", "s", "session", "end", APP, "ann-phone", &nonce]).await?;
+    assert_eq!(ended, json!(false), "the first instance is stale now");
+    Ok(())
+}
