@@ -230,7 +230,9 @@ impl Activation {
             let policy = self.host.config.access.get(&self.app_name).cloned();
             for spec in policy.map(|p| p.reads()).unwrap_or_default() {
                 let target = spec.resolve(&self.ca)?;
-                if targets.contains(&target) || self.reader.pin(&[target.clone()]).await.is_ok() {
+                if targets.contains(&target)
+                    || self.reader.pin(std::slice::from_ref(&target)).await.is_ok()
+                {
                     targets.insert(target);
                 }
             }
