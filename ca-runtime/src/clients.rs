@@ -152,7 +152,7 @@ impl Front {
         let mut sub = listeners.subscribe(app.clone(), ca.clone(), session);
         let backlog = self
             .host
-            .call(
+            .call_as(
                 app.as_str(),
                 ca.as_str(),
                 vec![("@listen".into(), "[]".into())],

@@ -168,10 +168,23 @@ impl Host {
         self.inner.slots.lock().map(|s| s.len()).unwrap_or(0)
     }
 
-    /// Calls methods of a CA as they arrive from client `caller` over `session` (`None`:
-    /// `default`): names as text, arguments as JSON array text. Bad input gets an `invalid` (or
-    /// `not_found`) error and changes nothing.
+    /// Calls methods of a CA as they arrive from a client of this process that speaks as the CA
+    /// itself (its owner), over `session` (`None`: `default`): names as text, arguments as JSON
+    /// array text. Bad input gets an `invalid` (or `not_found`) error and changes nothing.
     pub async fn call(
+        &self,
+        app: &str,
+        ca: &str,
+        calls: Vec<(String, String)>,
+        session: Option<&str>,
+    ) -> Result<Reply, CaError> {
+        let (_, owner) = parse_names(app, ca)?;
+        self.call_as(app, ca, calls, session, &owner).await
+    }
+
+    /// Like [`call`](Self::call), from client `caller` (the CA its token speaks for): a caller
+    /// other than the CA's owner needs a rule of the app's access policy.
+    pub async fn call_as(
         &self,
         app: &str,
         ca: &str,

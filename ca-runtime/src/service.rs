@@ -170,7 +170,7 @@ impl CaService {
         let reply = self
             .front
             .host()
-            .call(
+            .call_as(
                 app.as_str(),
                 ca.as_str(),
                 calls,
