@@ -513,10 +513,13 @@ mod tests {
         assert!(glob("x", "x") && !glob("x", "xy"));
     }
 
+    /// A model session: `(seq, value)` queue, limit, nonce, memento.
+    type ModelSession = (Vec<(u64, i64)>, Option<i64>, Option<String>, Option<i64>);
+
     // A model: the same table kept as plain vectors, with the rules written the obvious way.
     #[derive(Clone, Debug, Default)]
     struct Model {
-        sessions: BTreeMap<String, (Vec<(u64, i64)>, Option<i64>, Option<String>, Option<i64>)>,
+        sessions: BTreeMap<String, ModelSession>,
         next: u64,
     }
 
@@ -670,7 +673,7 @@ mod tests {
                         turn.fold(&b);
                         t = turn.clone();
                         // Same sessions, same queues, same instances.
-                        let got: BTreeMap<String, (Vec<(u64, i64)>, Option<i64>, Option<String>, Option<i64>)> = t
+                        let got: BTreeMap<String, ModelSession> = t
                             .sessions
                             .iter()
                             .map(|(k, s)| (k.clone(), (
@@ -681,7 +684,7 @@ mod tests {
                             )))
                             .collect();
                         prop_assert_eq!(&got, &model.sessions);
-                        for (_, s) in &t.sessions {
+                        for s in t.sessions.values() {
                             let seqs: Vec<u64> = s.queue.iter().map(|n| n.seq).collect();
                             prop_assert!(seqs.windows(2).all(|w| w[0] < w[1]));
                         }
