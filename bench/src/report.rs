@@ -51,6 +51,7 @@ impl System {
 pub fn pair(workload: &str) -> (System, System) {
     match workload {
         "ca" => (System::Cafjs, System::CaHost),
+        "notify" => (System::Spine, System::CaHost),
         _ => (System::Etcd, System::Spine),
     }
 }
@@ -179,6 +180,13 @@ const CA: &[Metric] = &[
         Better::Lower,
     ),
 ];
+const NOTIFY: &[Metric] = &[
+    m("p50_ms", "committed → received p50, ms", Better::Lower),
+    m("p99_ms", "committed → received p99, ms", Better::Lower),
+    m("max_ms", "committed → received max, ms", Better::Lower),
+    m("sent_p50_ms", "sent → received p50, ms", Better::Lower),
+    m("sent_p99_ms", "sent → received p99, ms", Better::Lower),
+];
 const CATCH_UP: &[Metric] = &[
     m("catch_up_s", "reconnect → current, s", Better::Lower),
     m(
@@ -197,6 +205,7 @@ pub fn metrics(workload: &str) -> &'static [Metric] {
         "propagation" => PROPAGATION,
         "fan-out" => FAN_OUT,
         "catch-up" => CATCH_UP,
+        "notify" => NOTIFY,
         _ => &[],
     }
 }
@@ -274,6 +283,7 @@ impl SuiteReport {
         for (peer, ours) in [
             (System::Etcd, System::Spine),
             (System::Cafjs, System::CaHost),
+            (System::Spine, System::CaHost),
         ] {
             let rows: Vec<(&'static str, String)> = self
                 .rows()

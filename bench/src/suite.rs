@@ -52,9 +52,10 @@ pub struct SuiteArgs {
     /// the system's temporary directory). Put it on the disk you want fsync measured on.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Run only these workloads (write, write-batch, propagation, fan-out, catch-up, ca).
+    /// Run only these workloads (write, write-batch, propagation, fan-out, catch-up, ca,
+    /// notify).
     #[arg(long, value_delimiter = ',',
-          value_parser = ["write", "write-batch", "propagation", "fan-out", "catch-up", "ca"])]
+          value_parser = ["write", "write-batch", "propagation", "fan-out", "catch-up", "ca", "notify"])]
     pub only: Vec<String>,
     /// Measure only these systems (etcd, spine; for the ca workload ca-host, cafjs), e.g. while
     /// profiling one of them [default: all; with --smoke all but cafjs, whose installation and
@@ -126,6 +127,12 @@ pub struct SuiteArgs {
     /// CA workload: the Caf.js app and load client [default: bench/cafjs of this source tree].
     #[arg(long, value_name = "DIR")]
     pub cafjs_dir: Option<PathBuf>,
+    /// Notify workload: listeners per run (the peer: as many node agents) [full: 1,1000].
+    #[arg(long, value_delimiter = ',')]
+    pub notify_listeners: Option<Vec<usize>>,
+    /// Notify workload: notifications (peer: map updates) per run [full: 200].
+    #[arg(long)]
+    pub notify_updates: Option<u64>,
 }
 
 /// The parameters of one suite run.
@@ -143,6 +150,8 @@ struct Params {
     ca_seconds: f64,
     ca_warmup: f64,
     ca_hot_callers: usize,
+    notify_listeners: Vec<usize>,
+    notify_updates: u64,
 }
 
 impl Params {
@@ -169,6 +178,8 @@ impl Params {
             ca_seconds: 20.0,
             ca_warmup: 3.0,
             ca_hot_callers: 64,
+            notify_listeners: vec![1, 1000],
+            notify_updates: 200,
         }
     }
 
@@ -195,6 +206,8 @@ impl Params {
             ca_seconds: 0.5,
             ca_warmup: 0.2,
             ca_hot_callers: 4,
+            notify_listeners: vec![1, 4],
+            notify_updates: 10,
         }
     }
 
@@ -250,6 +263,12 @@ impl Params {
         }
         if let Some(v) = a.ca_hot_callers {
             p.ca_hot_callers = v;
+        }
+        if let Some(v) = &a.notify_listeners {
+            p.notify_listeners.clone_from(v);
+        }
+        if let Some(v) = a.notify_updates {
+            p.notify_updates = v.max(1);
         }
         p
     }
@@ -662,6 +681,18 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<SuiteReport> {
         .await;
     }
     etcd.procs.stop().await;
+    if wanted(&args, "notify") {
+        run_notify(
+            &args,
+            &params,
+            &chosen,
+            &spine,
+            tmp.path(),
+            &mut rec,
+            &mut setup,
+        )
+        .await?;
+    }
     spine.procs.stop().await;
     let measurements = rec.measurements;
     setup.insert(
@@ -832,6 +863,79 @@ async fn run_ca(
         let mut procs = target;
         procs.stop().await;
     }
+}
+
+/// The `notify` workload: a CA host's notifications pushed to N listening clients, against
+/// Spine map updates pushed to N node agents, on the same Spine, alternating which goes first.
+async fn run_notify(
+    args: &SuiteArgs,
+    params: &Params,
+    chosen: &[System],
+    spine: &SpineTarget,
+    dir: &std::path::Path,
+    rec: &mut Recorder,
+    setup: &mut BTreeMap<&'static str, String>,
+) -> anyhow::Result<()> {
+    setup.insert(
+        "notify",
+        format!(
+            "CA host: one notifier calls `notify` of one counter CA ({} notifications, one at a \
+             time after 3 warm-up ones); N clients listen to the session (gRPC Listen streams \
+             over min(N, {CONNECTIONS}) connections, no acks); figure: pushed (stamped by the \
+             host right after the checkpoint committed) → received at each listener, and call \
+             sent → received. Peer: `propagation`'s Spine map update, writer ack → visible at N \
+             node agents, same Spine",
+            params.notify_updates
+        ),
+    );
+    let host = if chosen.contains(&System::CaHost) {
+        eprintln!("starting a CA host on the Spine for notify ...");
+        Some(CaHostTarget::start(spine, &dir.join("ca-host-notify")).await)
+    } else {
+        None
+    };
+    let app = rec.app("notify")?;
+    let spine_pids = spine.procs.pids();
+    for (k, &n) in params.notify_listeners.iter().enumerate() {
+        let parameter = plural(n, "listener");
+        for system in systems(chosen, "notify", k) {
+            match (system, &host) {
+                (System::Spine, _) => {
+                    let run = workload::propagation::spine(
+                        spine,
+                        &app,
+                        n,
+                        args.subscribers_from,
+                        params.notify_updates,
+                    );
+                    rec.measure("notify", &parameter, system, &spine_pids, run)
+                        .await;
+                }
+                (System::CaHost, Some(Ok(h))) => {
+                    let pids: Vec<u32> = h
+                        .procs
+                        .pids()
+                        .into_iter()
+                        .chain(spine_pids.clone())
+                        .collect();
+                    let prefix = format!("b{}n{n}x", rec.run);
+                    let run = workload::notify::ca_host(h, &prefix, n, params.notify_updates);
+                    rec.measure("notify", &parameter, system, &pids, run).await;
+                }
+                (System::CaHost, Some(Err(e))) => {
+                    let failed =
+                        async { Err::<Outcome, _>(anyhow::anyhow!("could not start: {e:#}")) };
+                    rec.measure("notify", &parameter, system, &[], failed).await;
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some(Ok(h)) = host {
+        let mut procs = h.procs;
+        procs.stop().await;
+    }
+    Ok(())
 }
 
 /// A random id of 6 lowercase letters and digits, so that each run uses fresh names (also on

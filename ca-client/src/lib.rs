@@ -1,6 +1,14 @@
 //! A client of CA hosts (DESIGN.md §9.9): call methods of Cloud Assistants over the host's
 //! `ca.v1` gRPC API.
 //!
+//! - [`CaClient`]: one host, one request at a time per call: `call`, `multi_call`, and over a
+//!   [`Target`] (session, caller): `call_as`, `listen`, `ack`, `begin`, `end`, `inspect`.
+//! - [`session::Session`]: Caf.js's client behaviour over a logical session: one request in
+//!   flight, the others queued in order (bounded: the oldest not yet sent is dropped), retries
+//!   of retryable errors with backoff across hosts, a timeout when nothing progresses, closing
+//!   on non-retryable errors, a notification handler, `begin`/`end` for exactly-once.
+//! - [`load`]: closed-loop load (`ca load`, `spine-bench`).
+//!
 //! Errors keep the runtime's error ladder: every failure a host reports carries an
 //! [`ErrorCode`] (the `ca-error` metadata of the gRPC status), so a caller can tell an
 //! application error from an exception, and both from the retryable rungs.
@@ -13,6 +21,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub mod load;
+pub mod session;
 
 pub use spine_client::{Credentials, resolve_token};
 
@@ -121,7 +130,7 @@ impl fmt::Display for ErrorCode {
 }
 
 /// Why a call failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
     /// The host answered with a CA error.
     #[error("{code}: {message}")]
@@ -201,6 +210,70 @@ pub struct Reply {
     pub version: u64,
 }
 
+/// Which CA a request goes to, over which session, speaking as whom.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Target {
+    /// The app, `publisher-app`.
+    pub app: String,
+    /// The CA, `owner-local`.
+    pub ca: String,
+    /// The logical session (`default` if empty).
+    pub session: String,
+    /// The CA the caller speaks as (empty: the called CA if the token admits it, else the CA
+    /// the token names).
+    pub from: String,
+}
+
+impl Target {
+    /// CA `ca` of `app`, session `default`, speaking as the token says.
+    pub fn new(app: impl Into<String>, ca: impl Into<String>) -> Self {
+        Self {
+            app: app.into(),
+            ca: ca.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Over session `session`.
+    pub fn session(mut self, session: impl Into<String>) -> Self {
+        self.session = session.into();
+        self
+    }
+
+    /// Speaking as CA `from`.
+    pub fn from(mut self, from: impl Into<String>) -> Self {
+        self.from = from.into();
+        self
+    }
+}
+
+/// A notification of a session.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notification {
+    /// Unique in the CA, increasing: acknowledge up to it.
+    pub seq: u64,
+    /// The session it was queued in.
+    pub session: String,
+    /// Its arguments (a JSON array).
+    pub args: serde_json::Value,
+    /// When the host sent it (right after its checkpoint committed, or when the listener
+    /// joined for one already queued), by the host's clock.
+    pub pushed_at: std::time::SystemTime,
+}
+
+/// What `begin` answers: the new exactly-once instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Begun {
+    /// Its nonce (pass it to the app's methods that `remember`, and to `end`).
+    pub nonce: String,
+    /// The previous instance's memento, if it did not end.
+    pub memento: Option<serde_json::Value>,
+}
+
+/// A stream of notifications from [`CaClient::listen`].
+pub type NotificationStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Notification, CallError>> + Send>>;
+
 /// A connection to one CA host.
 #[derive(Clone, Debug)]
 pub struct CaClient {
@@ -211,6 +284,15 @@ impl CaClient {
     /// Connects to a host at `endpoint` (`http://127.0.0.1:7601` or `127.0.0.1:7601`), presenting
     /// `token` on every call.
     pub async fn connect(endpoint: &str, token: Option<&str>) -> Result<Self, CallError> {
+        Self::connect_with(endpoint, token, Duration::from_secs(30))
+    }
+
+    /// Like [`connect`](Self::connect), with each unary call's `timeout` (streams have none).
+    pub fn connect_with(
+        endpoint: &str,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, CallError> {
         let url = if endpoint.contains("://") {
             endpoint.to_string()
         } else {
@@ -219,7 +301,8 @@ impl CaClient {
         let channel = tonic::transport::Endpoint::from_shared(url)
             .map_err(|e| CallError::Transport(format!("invalid endpoint {endpoint:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
+            // Up to the answer's headers: a stream's notifications may come much later.
+            .timeout(timeout)
             .connect_lazy();
         let credentials = match token {
             Some(t) => Credentials::token(t).map_err(|e| CallError::Transport(e.to_string()))?,
@@ -249,6 +332,15 @@ impl CaClient {
         ca: &str,
         calls: Vec<MethodCall>,
     ) -> Result<Reply, CallError> {
+        self.call_as(&Target::new(app, ca), calls).await
+    }
+
+    /// Calls methods of `target`'s CA over its session, as its caller, in one transaction.
+    pub async fn call_as(
+        &self,
+        target: &Target,
+        calls: Vec<MethodCall>,
+    ) -> Result<Reply, CallError> {
         let calls = calls
             .into_iter()
             .map(|c| {
@@ -260,9 +352,11 @@ impl CaClient {
             })
             .collect::<Result<Vec<_>, CallError>>()?;
         let request = pb::CallRequest {
-            app: app.to_string(),
-            ca: ca.to_string(),
+            app: target.app.clone(),
+            ca: target.ca.clone(),
             calls,
+            session: target.session.clone(),
+            from: target.from.clone(),
         };
         let answer = self
             .rpc
@@ -271,17 +365,128 @@ impl CaClient {
             .await
             .map_err(CallError::from_status)?
             .into_inner();
-        let result = serde_json::from_str(&answer.result_json).map_err(|e| {
-            CallError::Json(format!(
-                "the host's result is not JSON ({e}): {}",
-                answer.result_json
-            ))
-        })?;
+        let result = json_answer(&answer.result_json)?;
         Ok(Reply {
             result,
             version: answer.version,
         })
     }
+
+    /// Listens to `target`'s session: the notifications queued after `after`, then each one as
+    /// its turn commits. They stay queued until acknowledged ([`ack`](Self::ack)).
+    pub async fn listen(
+        &self,
+        target: &Target,
+        after: u64,
+    ) -> Result<NotificationStream, CallError> {
+        let request = pb::ListenRequest {
+            app: target.app.clone(),
+            ca: target.ca.clone(),
+            session: target.session.clone(),
+            from: target.from.clone(),
+            after,
+        };
+        let stream = self
+            .rpc
+            .clone()
+            .listen(request)
+            .await
+            .map_err(CallError::from_status)?
+            .into_inner();
+        Ok(Box::pin(futures::StreamExt::map(stream, |item| {
+            let n = item.map_err(CallError::from_status)?;
+            Ok(Notification {
+                seq: n.seq,
+                session: n.session,
+                args: json_answer(&n.args_json)?,
+                pushed_at: std::time::UNIX_EPOCH + Duration::from_micros(n.pushed_unix_us),
+            })
+        })))
+    }
+
+    /// Acknowledges `target`'s session's notifications up to `seq`: they leave its queue.
+    pub async fn ack(&self, target: &Target, seq: u64) -> Result<Reply, CallError> {
+        let request = pb::AckRequest {
+            app: target.app.clone(),
+            ca: target.ca.clone(),
+            session: target.session.clone(),
+            from: target.from.clone(),
+            seq,
+        };
+        let answer = self
+            .rpc
+            .clone()
+            .ack(request)
+            .await
+            .map_err(CallError::from_status)?
+            .into_inner();
+        Ok(Reply {
+            result: json_answer(&answer.result_json)?,
+            version: answer.version,
+        })
+    }
+
+    /// Starts a new exactly-once instance of `target`'s session.
+    pub async fn begin(&self, target: &Target) -> Result<Begun, CallError> {
+        let request = pb::SessionRequest {
+            app: target.app.clone(),
+            ca: target.ca.clone(),
+            session: target.session.clone(),
+            from: target.from.clone(),
+        };
+        let answer = self
+            .rpc
+            .clone()
+            .begin(request)
+            .await
+            .map_err(CallError::from_status)?
+            .into_inner();
+        let memento = json_answer(&answer.memento_json)?;
+        Ok(Begun {
+            nonce: answer.nonce,
+            memento: (!memento.is_null()).then_some(memento),
+        })
+    }
+
+    /// Ends instance `nonce` of `target`'s session (idempotent): `false` if another is current.
+    pub async fn end(&self, target: &Target, nonce: &str) -> Result<bool, CallError> {
+        let request = pb::EndRequest {
+            app: target.app.clone(),
+            ca: target.ca.clone(),
+            session: target.session.clone(),
+            from: target.from.clone(),
+            nonce: nonce.to_string(),
+        };
+        Ok(self
+            .rpc
+            .clone()
+            .end(request)
+            .await
+            .map_err(CallError::from_status)?
+            .into_inner()
+            .ended)
+    }
+
+    /// For admins: the CA's committed checkpoint (state, sessions, intents) as JSON.
+    pub async fn inspect(&self, app: &str, ca: &str) -> Result<serde_json::Value, CallError> {
+        let request = pb::InspectRequest {
+            app: app.to_string(),
+            ca: ca.to_string(),
+        };
+        let answer = self
+            .rpc
+            .clone()
+            .inspect(request)
+            .await
+            .map_err(CallError::from_status)?
+            .into_inner();
+        json_answer(&answer.json)
+    }
+}
+
+fn json_answer(text: &str) -> Result<serde_json::Value, CallError> {
+    serde_json::from_str(text)
+        .map_err(|e| CallError::Json(format!("the host's answer is not JSON ({e}): {text}")))
 }
 
 #[cfg(test)]

@@ -1,18 +1,20 @@
-//! `ca`: call methods of Cloud Assistants on a CA host.
+//! `ca`: call methods of Cloud Assistants on a CA host, listen to their sessions'
+//! notifications, exactly-once instances, and (admins) inspect CAs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use ca_client::{CaClient, CallError, MethodCall};
+use ca_client::{CaClient, CallError, MethodCall, Target};
 use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
 
 /// Talks to a CA host (`ca-host serve` or `ca-host dev`).
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
-    /// The host's client endpoint.
+    /// The host's client endpoint (any host of the deployment reaches any CA).
     #[arg(
         long,
         env = "CA_ENDPOINT",
@@ -20,6 +22,13 @@ struct Cli {
         global = true
     )]
     endpoint: String,
+    /// The logical session (`default` if none).
+    #[arg(long, env = "CA_SESSION", global = true)]
+    session: Option<String>,
+    /// The CA to speak as (the token must admit it); by default the called CA if the token
+    /// admits it, else the CA the token names.
+    #[arg(long, global = true)]
+    from: Option<String>,
     /// The token to present (else --token-file, else `spine-data/admin.token` if present).
     #[arg(long, env = "CA_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -56,6 +65,31 @@ enum Command {
         /// Its arguments.
         args: Vec<String>,
     },
+    /// Prints the notifications of a session of CA (its queue first, then each one as its
+    /// turn commits) and acknowledges each, until --count were printed or Ctrl-C.
+    Listen {
+        /// The app.
+        app: String,
+        /// The CA.
+        ca: String,
+        /// Stop after this many notifications.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Do not acknowledge: the notifications stay queued.
+        #[arg(long)]
+        no_ack: bool,
+    },
+    /// Exactly-once instances of a session.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// For admins: prints a CA's committed checkpoint (state, sessions and their queues,
+    /// pending intents).
+    Inspect {
+        /// The app.
+        app: String,
+        /// The CA.
+        ca: String,
+    },
     /// Measures checkpointed turns: each of --cas clients calls `increment` of its own CA of
     /// --app in a closed loop for --seconds (after --warmup), then prints turns/s and latency.
     Load {
@@ -80,6 +114,27 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum SessionCommand {
+    /// Starts a new instance: prints `{"nonce", "memento"}` (the memento of a previous
+    /// instance that did not end).
+    Begin {
+        /// The app.
+        app: String,
+        /// The CA.
+        ca: String,
+    },
+    /// Ends instance NONCE: prints `true`, or `false` if another instance is current.
+    End {
+        /// The app.
+        app: String,
+        /// The CA.
+        ca: String,
+        /// The instance's nonce.
+        nonce: String,
+    },
+}
+
 fn parse_arg(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
 }
@@ -88,7 +143,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let token = ca_client::resolve_token(cli.token.clone(), cli.token_file.as_deref())
         .context("reading the token")?;
     let client = CaClient::connect(&cli.endpoint, token.as_deref()).await?;
-    match cli.command {
+    let target = |app: &str, ca: &str| Target {
+        app: app.to_string(),
+        ca: ca.to_string(),
+        session: cli.session.clone().unwrap_or_default(),
+        from: cli.from.clone().unwrap_or_default(),
+    };
+    match &cli.command {
         Command::Call {
             app,
             ca,
@@ -97,9 +158,76 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let args = args.iter().map(|a| parse_arg(a)).collect();
             let answer = client
-                .multi_call(&app, &ca, vec![MethodCall::new(method, args)])
+                .call_as(
+                    &target(app, ca),
+                    vec![MethodCall::new(method.clone(), args)],
+                )
                 .await;
             Ok(print(cli.output, answer))
+        }
+        Command::Listen {
+            app,
+            ca,
+            count,
+            no_ack,
+        } => {
+            let target = target(app, ca);
+            let mut stream = match client.listen(&target, 0).await {
+                Ok(s) => s,
+                Err(e) => return Ok(fail(cli.output, e)),
+            };
+            let mut printed = 0;
+            while count.is_none_or(|c| printed < c) {
+                let n = tokio::select! {
+                    n = stream.next() => n,
+                    _ = tokio::signal::ctrl_c() => break,
+                };
+                match n {
+                    Some(Ok(n)) => {
+                        match cli.output {
+                            Output::Text => println!("{} {} {}", n.seq, n.session, n.args),
+                            Output::Json => println!(
+                                "{}",
+                                serde_json::json!({"seq": n.seq, "session": n.session, "args": n.args})
+                            ),
+                        }
+                        printed += 1;
+                        if !no_ack && let Err(e) = client.ack(&target, n.seq).await {
+                            return Ok(fail(cli.output, e));
+                        }
+                    }
+                    Some(Err(e)) => return Ok(fail(cli.output, e)),
+                    None => break,
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Session(SessionCommand::Begin { app, ca }) => {
+            let answer = client
+                .begin(&target(app, ca))
+                .await
+                .map(|b| ca_client::Reply {
+                    result: serde_json::json!({"nonce": b.nonce, "memento": b.memento}),
+                    version: 0,
+                });
+            Ok(print_result(cli.output, answer))
+        }
+        Command::Session(SessionCommand::End { app, ca, nonce }) => {
+            let answer = client
+                .end(&target(app, ca), nonce)
+                .await
+                .map(|ended| ca_client::Reply {
+                    result: serde_json::json!(ended),
+                    version: 0,
+                });
+            Ok(print_result(cli.output, answer))
+        }
+        Command::Inspect { app, ca } => {
+            let answer = client.inspect(app, ca).await.map(|v| ca_client::Reply {
+                result: v,
+                version: 0,
+            });
+            Ok(print_result(cli.output, answer))
         }
         Command::Load {
             app,
@@ -109,6 +237,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             connections,
             prefix,
         } => {
+            let (app, cas, seconds, warmup, connections, prefix) = (
+                app.clone(),
+                *cas,
+                *seconds,
+                *warmup,
+                *connections,
+                prefix.clone(),
+            );
             let mut clients = vec![client];
             for _ in 1..connections.max(1) {
                 clients.push(CaClient::connect(&cli.endpoint, token.as_deref()).await?);
@@ -150,6 +286,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Prints a result that has no checkpoint version of its own (sessions, inspect): the JSON
+/// alone in both outputs (pretty for people).
+fn print_result(output: Output, answer: Result<ca_client::Reply, CallError>) -> ExitCode {
+    match (answer, output) {
+        (Ok(reply), Output::Text) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&reply.result).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        (Ok(reply), Output::Json) => {
+            println!("{}", reply.result);
+            ExitCode::SUCCESS
+        }
+        (Err(e), output) => fail(output, e),
+    }
+}
+
+fn fail(output: Output, e: CallError) -> ExitCode {
+    print(output, Err(e))
 }
 
 fn print(output: Output, answer: Result<ca_client::Reply, CallError>) -> ExitCode {

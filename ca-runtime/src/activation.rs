@@ -119,9 +119,35 @@ impl Activation {
         self.host.metrics.active.inc();
         let span = tracing::info_span!("ca", app = %self.app_name, ca = %self.ca);
         let _enter = span.enter();
-        let end = match self.load().await {
-            Ok((committed, working)) => self.serve(&mut rx, committed, working).await,
-            Err(e) => Some(e),
+        // The message the activation was started for decides whether it may create the CA.
+        let first = rx.recv().await;
+        let may_create = first
+            .as_ref()
+            .is_none_or(|envelope| envelope.may_create(&self.ca));
+        let end = match self.load(may_create).await {
+            Ok((committed, mut working)) => {
+                let handled = match first {
+                    Some(envelope) => self.handle(&mut working, envelope).await,
+                    None => Ok(()),
+                };
+                match handled {
+                    Ok(()) => self.serve(&mut rx, committed, working).await,
+                    Err(e) => Some(e),
+                }
+            }
+            // Only the caller is refused; calls queued behind it start another activation.
+            Err(e) if !may_create && e.code == ca_client::ErrorCode::NotAuthorized => {
+                if let Some(envelope) = first {
+                    fail(envelope, &e);
+                }
+                None
+            }
+            Err(e) => {
+                if let Some(envelope) = first {
+                    fail(envelope, &e);
+                }
+                Some(e)
+            }
         };
         if let Some(e) = &end {
             tracing::warn!(error = %e, code = %e.code, "activation stopped");
@@ -150,10 +176,10 @@ impl Activation {
         (self.app_name.clone(), self.ca.clone())
     }
 
-    /// Loads (or creates) the CA's maps and runs its first turn.
-    async fn load(&mut self) -> Result<(Committed, Working), CaError> {
+    /// Loads (or, if `may_create`, creates) the CA's maps and runs its first turn.
+    async fn load(&mut self, may_create: bool) -> Result<(Committed, Working), CaError> {
         let state_name = state_map_name(&self.ca)?;
-        let state_map = self.get_or_create(&state_name).await?;
+        let state_map = self.get_or_create(&state_name, may_create).await?;
         let state = CaState::decode(&state_map).map_err(|e| CaError::exception(e.to_string()))?;
         let mut maps = std::collections::BTreeMap::new();
         for local in self.app.maps() {
@@ -162,7 +188,7 @@ impl Activation {
                     "the app declares map {local:?}, not a valid map name: {e}"
                 ))
             })?;
-            maps.insert(local, self.get_or_create(&name).await?);
+            maps.insert(local, self.get_or_create(&name, true).await?);
         }
         let committed = Committed {
             state_map,
@@ -170,7 +196,7 @@ impl Activation {
             maps,
         };
         let mut working = Working::from_committed(&committed);
-        let pins = self.pin_for(&[]).await?;
+        let pins = self.pin_for(&[], None).await?;
         let (app, ca) = self.ids();
         let ids = Ids { app: &app, ca: &ca };
         let limits = &self.host.config.limits;
@@ -188,21 +214,55 @@ impl Activation {
     }
 
     /// Pins what a message of `calls` reads: the app's [`App::reads`] and each call's
-    /// [`App::reads_for`], one version each, the newest the node's agent has.
-    async fn pin_for(&mut self, calls: &[Call]) -> Result<Pins, CaError> {
+    /// [`App::reads_for`], one version each, the newest the node's agent has; for a caller
+    /// other than the owner, also the aggregates of the app's access policy (one that does not
+    /// exist grants nothing, and does not fail the message).
+    async fn pin_for(&mut self, calls: &[Call], caller: Option<&CaName>) -> Result<Pins, CaError> {
         let mut specs: Vec<ReadSpec> = self.app.reads();
         for call in calls {
             specs.extend(self.app.reads_for(&call.method, &call.args));
         }
-        let targets: std::collections::BTreeSet<ReadTarget> = specs
+        let mut targets: std::collections::BTreeSet<ReadTarget> = specs
             .iter()
             .map(|s| s.resolve(&self.ca))
             .collect::<Result<_, _>>()?;
+        if caller.is_some_and(|c| !crate::access::is_owner(c, &self.ca)) {
+            let policy = self.host.config.access.get(&self.app_name).cloned();
+            for spec in policy.map(|p| p.reads()).unwrap_or_default() {
+                let target = spec.resolve(&self.ca)?;
+                if targets.contains(&target)
+                    || self.reader.pin(std::slice::from_ref(&target)).await.is_ok()
+                {
+                    targets.insert(target);
+                }
+            }
+        }
         let targets: Vec<ReadTarget> = targets.into_iter().collect();
         self.reader.pin(&targets).await
     }
 
-    async fn get_or_create(&self, name: &MapName) -> Result<SharingMap, CaError> {
+    /// Whether the sender of `message` may call its methods (DESIGN.md §9.9): the owner always,
+    /// anyone else by the app's access policy, read at `pins`.
+    fn authorize(&self, message: &Message, pins: &Pins) -> Result<(), CaError> {
+        let crate::turn::Sender::Client { caller, .. } = &message.sender else {
+            return Ok(());
+        };
+        let empty = crate::access::AccessPolicy::default();
+        let policy = self
+            .host
+            .config
+            .access
+            .get(&self.app_name)
+            .unwrap_or(&empty);
+        policy.authorize(
+            caller,
+            &self.ca,
+            message.calls.iter().map(|c| c.method.as_str()),
+            pins,
+        )
+    }
+
+    async fn get_or_create(&self, name: &MapName, may_create: bool) -> Result<SharingMap, CaError> {
         let client = &self.host.client;
         let unavailable =
             |e: spine_client::ClientError| CaError::checkpoint(format!("loading map {name}: {e}"));
@@ -210,6 +270,13 @@ impl Activation {
             Ok(map) => return Ok(map),
             Err(e) if e.code() == tonic::Code::NotFound => {}
             Err(e) => return Err(unavailable(e)),
+        }
+        if !may_create {
+            return Err(CaError::not_authorized(format!(
+                "CA {} does not exist, and only its owner {} may create it",
+                self.ca,
+                self.ca.owner()
+            )));
         }
         client
             .create_map(&self.app_name, name, Vec::new())
@@ -285,7 +352,14 @@ impl Activation {
                 reply,
                 arrived,
             } => {
-                let pins = self.pin_for(&message.calls).await;
+                let caller = match &message.sender {
+                    crate::turn::Sender::Client { caller, .. } => Some(caller.clone()),
+                    crate::turn::Sender::System { .. } => None,
+                };
+                let pins = self
+                    .pin_for(&message.calls, caller.as_ref())
+                    .await
+                    .and_then(|pins| self.authorize(&message, &pins).map(|()| pins));
                 let (app, ca) = self.ids();
                 let method = message
                     .calls
@@ -498,6 +572,20 @@ impl Activation {
             for w in flight.waiters {
                 let _ = w.reply.send(Err(e.clone()));
             }
+        }
+    }
+}
+
+impl Envelope {
+    /// Whether this envelope may create the CA it goes to: the system's messages may, and
+    /// clients' only when the caller is the CA's owner.
+    fn may_create(&self, ca: &CaName) -> bool {
+        match self {
+            Envelope::Call { message, .. } => match &message.sender {
+                crate::turn::Sender::Client { caller, .. } => crate::access::is_owner(caller, ca),
+                crate::turn::Sender::System { .. } => true,
+            },
+            Envelope::IntentFinished { .. } => true,
         }
     }
 }

@@ -89,6 +89,8 @@ pub fn registry() -> Result<Registry, components::Error> {
             &a.env, "path",
         )?))))
     })?;
+    crate::plugins::session::register(&mut r)?;
+    crate::web::register(&mut r)?;
     r.register("ca-runtime#counter", |a: FactoryArgs| async move {
         let version = semver::Version::parse(&str_of(&a.env, "state_version")?)
             .map_err(|e| format!("state_version: {e}"))?;
@@ -224,6 +226,8 @@ impl Stop {
 pub struct EndpointPart {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The service it serves (the WebSocket endpoint serves the same, in-process).
+    pub service: CaService,
     stop: Stop,
 }
 
@@ -413,6 +417,21 @@ fn host(a: &FactoryArgs) -> Result<HostPart, BoxError> {
         ..HostConfig::default()
     };
     config.limits.max_state_bytes = u64_of(&a.env, "max_state_bytes")? as usize;
+    // Who besides a CA's owner may call it: per app, a list of rules (crate::access).
+    match a.env.get("rules") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(by_app)) => {
+            for (app, rules) in by_app {
+                let name = AppName::parse(app).map_err(|e| format!("env rules: {e}"))?;
+                let policy = crate::access::AccessPolicy::from_json(rules)
+                    .map_err(|e| format!("env rules.{app}: {e}"))?;
+                config.access.insert(name, policy);
+            }
+        }
+        Some(other) => {
+            return Err(format!("env rules must map apps to lists of rules, not {other}").into());
+        }
+    }
     Ok(HostPart(Host::new(
         spine.client.clone(),
         agent,
@@ -473,12 +492,21 @@ async fn endpoint(a: FactoryArgs) -> Result<EndpointPart, BoxError> {
         .register_encoded_file_descriptor_set(spine_proto::CA_FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let (stop, stopped) = Stop::new();
-    let service = CaService::new(host, verifier).into_server();
+    let listeners = match opt_str(&a.env, "listeners")? {
+        Some(_) => Some(
+            part::<crate::plugins::session::ListenersPart>(&a, "listeners")?
+                .0
+                .clone(),
+        ),
+        None => None,
+    };
+    let service = CaService::with_listeners(host, verifier, listeners);
+    let served = service.clone().into_server();
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(service)
+            .add_service(served)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async {
@@ -490,7 +518,11 @@ async fn endpoint(a: FactoryArgs) -> Result<EndpointPart, BoxError> {
             tracing::error!(error = %e, "client endpoint failed");
         }
     });
-    Ok(EndpointPart { addr, stop })
+    Ok(EndpointPart {
+        addr,
+        service,
+        stop,
+    })
 }
 
 async fn http(a: FactoryArgs) -> Result<HttpPart, BoxError> {
@@ -549,10 +581,13 @@ mod tests {
                 "spine",
                 "agent",
                 "log",
+                "session-listeners",
+                "session",
                 "demo-counter",
                 "placement",
                 "host",
                 "endpoint",
+                "web",
                 "http"
             ],
             "parts are created in order: each after the parts it uses"

@@ -37,6 +37,8 @@ pub struct HostConfig {
     pub mailbox: usize,
     /// Group commit bounds.
     pub committer: CommitterConfig,
+    /// Who besides a CA's owner may call it, by app (none listed: owners only).
+    pub access: crate::access::Access,
 }
 
 impl Default for HostConfig {
@@ -48,6 +50,7 @@ impl Default for HostConfig {
             max_args_bytes: 256 * 1024,
             mailbox: 1024,
             committer: CommitterConfig::default(),
+            access: Default::default(),
         }
     }
 }
@@ -165,9 +168,9 @@ impl Host {
         self.inner.slots.lock().map(|s| s.len()).unwrap_or(0)
     }
 
-    /// Calls methods of a CA as they arrive from a client over `session` (`None`: `default`):
-    /// names as text, arguments as JSON array text. Bad input gets an `invalid` (or
-    /// `not_found`) error and changes nothing.
+    /// Calls methods of a CA as they arrive from a client of this process that speaks as the CA
+    /// itself (its owner), over `session` (`None`: `default`): names as text, arguments as JSON
+    /// array text. Bad input gets an `invalid` (or `not_found`) error and changes nothing.
     pub async fn call(
         &self,
         app: &str,
@@ -175,10 +178,36 @@ impl Host {
         calls: Vec<(String, String)>,
         session: Option<&str>,
     ) -> Result<Reply, CaError> {
+        let (_, owner) = parse_names(app, ca)?;
+        self.call_as(app, ca, calls, session, &owner).await
+    }
+
+    /// Like [`call`](Self::call), from client `caller` (the CA its token speaks for): a caller
+    /// other than the CA's owner needs a rule of the app's access policy.
+    pub async fn call_as(
+        &self,
+        app: &str,
+        ca: &str,
+        calls: Vec<(String, String)>,
+        session: Option<&str>,
+        caller: &CaName,
+    ) -> Result<Reply, CaError> {
         let (app, ca) = parse_names(app, ca)?;
         let calls = self.parse_calls(calls)?;
-        self.send(app, ca, Message::from_client(calls, session))
-            .await
+        if let Some(s) = session.filter(|s| !s.is_empty()) {
+            crate::plugins::session::check_session_name(s)?;
+        }
+        self.send(
+            app,
+            ca,
+            Message::from_client(calls, session, caller.clone()),
+        )
+        .await
+    }
+
+    /// The host's Spine client (admin reads, such as `Inspect`).
+    pub fn spine(&self) -> &Client {
+        &self.inner.client
     }
 
     /// A courier for plugins: delivers their messages to this host's CAs.

@@ -10,19 +10,24 @@
 //! - [`committer`]: group commit of many CAs' checkpoints through `UpdateBatch`.
 //! - [`host`]: routing calls to activations; [`placement`]: which host serves a CA (partition
 //!   leases in the Spine); [`service`]: the `ca.v1` gRPC endpoint, forwarding to the holder.
+//! - [`clients`]: what the client endpoints share: callers from tokens, listening, inspection.
 //! - [`reads`]: the read-only half of the `sharing` plugin: other writers' maps and aggregates
 //!   through the node agent, pinned once per message ([`reads::Pins`]).
 //! - [`plugins`]: plugins: [`turn::TurnPlugin`]s take part in every turn over checkpointed state
 //!   of their own; [`plugins::IntentPlugin`]s carry out intents after commit (`log`) and may
 //!   answer the CA with a message through a [`plugins::Courier`].
+//! - [`access`]: who may call a CA: its owner, or callers the app's rules grant.
 //! - [`apps`]: example apps (`counter`).
+//! - [`web`]: the WebSocket endpoint (JSON frames, same operations as `ca.v1`) and the web page.
 //! - [`assembly`]: the host as JSON components (`ca-runtime/host.json`) and their factories.
 
+pub mod access;
 pub mod activation;
 pub mod app;
 pub mod apps;
 pub mod assembly;
 pub mod checkpoint;
+pub mod clients;
 pub mod committer;
 pub mod error;
 pub mod host;
@@ -32,6 +37,7 @@ pub mod plugins;
 pub mod reads;
 pub mod service;
 pub mod turn;
+pub mod web;
 
 pub use activation::Reply;
 pub use app::{App, Cx, MethodError, MethodResult, ReadSpec};

@@ -84,7 +84,27 @@ pub trait TurnPlugin: Send + Sync + std::fmt::Debug + 'static {
     fn committed(&self, _ids: Ids<'_>, _state: &Value) -> Result<(), String> {
         Ok(())
     }
+    /// A runtime method the plugin answers: a method whose name starts with
+    /// [`PLUGIN_METHOD_PREFIX`] (`@ack`, `@begin`...), called by a client like an app method
+    /// (and authorized like one), run on the plugin's state in the turn. `None`: not this
+    /// plugin's.
+    fn method(
+        &self,
+        _state: &mut Value,
+        _sender: &Sender,
+        _method: &str,
+        _args: &[Value],
+    ) -> Option<Result<Value, MethodError>> {
+        None
+    }
+    /// After the method (every call of a multi-call) succeeded, before prepare: effects the
+    /// plugin defers to the end of the turn take effect here (a new session nonce, say, so that
+    /// the turn itself still saw the old one).
+    fn finish(&self, _state: &mut Value) {}
 }
+
+/// Methods with this prefix are runtime methods answered by turn plugins, not by the app.
+pub const PLUGIN_METHOD_PREFIX: &str = "@";
 
 /// Who sent a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +113,10 @@ pub enum Sender {
     Client {
         /// The session's name.
         session: String,
+        /// Who calls: the CA the client's token speaks for (the called CA itself for its owner's
+        /// and admins' tokens). Only the CA's owner (a caller with the same owner) creates it;
+        /// other callers need a rule of the app's access policy.
+        caller: CaName,
     },
     /// The runtime or a plugin (a timer, an external call's response, an event): it may call
     /// system methods (`__ca_*`).
@@ -103,13 +127,22 @@ pub enum Sender {
 }
 
 impl Sender {
-    /// The session of a client's message, `default` unless it named one.
-    pub fn client(session: Option<&str>) -> Self {
+    /// A client's message from `caller`, over `session` (`default` unless it named one).
+    pub fn client(session: Option<&str>, caller: CaName) -> Self {
         Sender::Client {
             session: session
                 .filter(|s| !s.is_empty())
                 .unwrap_or(DEFAULT_SESSION)
                 .to_string(),
+            caller,
+        }
+    }
+
+    /// The session of a client's message (`None` for the system's).
+    pub fn session(&self) -> Option<&str> {
+        match self {
+            Sender::Client { session, .. } => Some(session),
+            Sender::System { .. } => None,
         }
     }
 }
@@ -132,11 +165,11 @@ pub struct Message {
 }
 
 impl Message {
-    /// A client's message.
-    pub fn from_client(calls: Vec<Call>, session: Option<&str>) -> Self {
+    /// A client's message: `caller`'s, over `session`.
+    pub fn from_client(calls: Vec<Call>, session: Option<&str>, caller: CaName) -> Self {
         Self {
             calls,
-            sender: Sender::client(session),
+            sender: Sender::client(session, caller),
             completes: None,
         }
     }
@@ -246,9 +279,12 @@ impl Working {
         self.run(ids, scratch, reads, message, rules, |cx| {
             let mut last = Value::Null;
             for call in &message.calls {
-                last = app
-                    .call(cx, &call.method, &call.args)
-                    .map_err(|e| method_error(&call.method, e))?;
+                let answer = if call.method.starts_with(PLUGIN_METHOD_PREFIX) {
+                    plugin_method(cx, rules, message, call)
+                } else {
+                    app.call(cx, &call.method, &call.args)
+                };
+                last = answer.map_err(|e| method_error(&call.method, e))?;
             }
             Ok(last)
         })
@@ -384,6 +420,11 @@ impl Working {
                 )));
             }
         };
+        for p in &rules.turn_plugins {
+            if let Some(state) = self.state.plugins.get_mut(p.name()) {
+                p.finish(state);
+            }
+        }
         // Prepare: the turn's effects must fit before they may join the checkpoint.
         let bytes = self.state.state_bytes();
         if bytes > rules.max_state_bytes {
@@ -486,6 +527,25 @@ impl Working {
             intents,
         }))
     }
+}
+
+/// A runtime method (`@...`): answered by the first turn plugin that knows it.
+fn plugin_method(
+    cx: &mut Cx<'_>,
+    rules: &TurnRules,
+    message: &Message,
+    call: &Call,
+) -> Result<Value, MethodError> {
+    for p in &rules.turn_plugins {
+        let state = cx
+            .plugins
+            .entry(p.name().to_string())
+            .or_insert(Value::Null);
+        if let Some(answer) = p.method(state, &message.sender, &call.method, &call.args) {
+            return answer;
+        }
+    }
+    Err(MethodError::UnknownMethod(call.method.clone()))
 }
 
 fn resume_plugins(cx: &mut Cx<'_>, rules: &TurnRules) -> Result<(), CaError> {
@@ -644,7 +704,7 @@ mod tests {
                 Ids { app: &app, ca: &ca },
                 &mut self.scratch,
                 &self.reads,
-                &Message::from_client(calls, None),
+                &Message::from_client(calls, None, self.ca.clone()),
                 &self.limits,
             )
         }
@@ -919,16 +979,19 @@ mod tests {
 
     #[test]
     fn system_messages_say_who_sent_them() {
+        let bob = CaName::parse("bob-phone").expect("ca");
         assert_eq!(
-            Sender::client(None),
+            Sender::client(None, bob.clone()),
             Sender::Client {
-                session: DEFAULT_SESSION.into()
+                session: DEFAULT_SESSION.into(),
+                caller: bob.clone(),
             }
         );
         assert_eq!(
-            Sender::client(Some("phone")),
+            Sender::client(Some("phone"), bob.clone()),
             Sender::Client {
-                session: "phone".into()
+                session: "phone".into(),
+                caller: bob,
             }
         );
         assert_eq!(

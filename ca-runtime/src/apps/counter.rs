@@ -20,6 +20,18 @@
 //!   in the middle of a message;
 //! - `allowed(root, caller)` → whether the aggregate rooted at map `root` grants CA `caller`.
 //!
+//! Sessions (the `session` plugin, DESIGN.md §9.6):
+//! - `notify(text, to = "default")` → queues the notification `[text]` for session `to` (or every
+//!   session matching it, with `*`), at commit; returns `[text]`;
+//! - `outq(session?)`, `sessions()`, `limit_queue(n, session?)`: the queues as app code sees them;
+//! - `buy(nonce, index, item)` → appends `item` to the list `bought()` returns, if `nonce` is the
+//!   current exactly-once instance of the caller's session (it `remember`s `index`; a repeat of
+//!   an index it already remembered buys nothing); a stale nonce is an app error. The Caf.js
+//!   "hellopersistent" pattern: a client that crashed calls `@begin` and goes on after the
+//!   memento;
+//! - `whoami()` → the message's sender (session and caller);
+//! - `acl_versions(root)` → the versions of the maps of aggregate `root` pinned for this message.
+//!
 //! `__ca_upgrade__` migrates a breaking upward bump (0.1.x → 0.2.0) by recording where it came
 //! from; other changes take the default rule.
 
@@ -27,6 +39,7 @@ use semver::Version;
 use serde_json::{Value, json};
 
 use crate::app::{App, Cx, MethodError, MethodResult, ReadSpec, arg};
+use crate::plugins::session::Sessions;
 
 /// Longest `dawdle`.
 const MAX_DAWDLE_MS: u64 = 1000;
@@ -90,7 +103,7 @@ impl App for Counter {
         let first = args.first().and_then(Value::as_str).map(str::to_string);
         match (method, first) {
             ("read" | "read_again", Some(map)) => vec![ReadSpec::Map(map)],
-            ("allowed", Some(root)) => vec![ReadSpec::Aggregate(root)],
+            ("allowed" | "acl_versions", Some(root)) => vec![ReadSpec::Aggregate(root)],
             _ => Vec::new(),
         }
     }
@@ -190,6 +203,64 @@ impl App for Counter {
                 let caller = sharing_map::CaName::parse(&caller)
                     .map_err(|e| MethodError::BadArgs(e.to_string()))?;
                 Ok(json!(cx.check(&root, &caller)?))
+            }
+            "notify" => {
+                let text: Value = args.first().cloned().unwrap_or(Value::Null);
+                let to: Option<String> = arg(args, 1, "to")?;
+                let args = json!([text]);
+                Sessions::of(cx).notify(args.clone(), to.as_deref().unwrap_or("default"))?;
+                Ok(args)
+            }
+            "outq" => {
+                let session: Option<String> = arg(args, 0, "session")?;
+                let queue = Sessions::of(cx).outq(session.as_deref())?;
+                serde_json::to_value(queue).map_err(|e| MethodError::Failed(e.to_string()))
+            }
+            "sessions" => Ok(json!(Sessions::of(cx).all_session_ids()?)),
+            "limit_queue" => {
+                let n: i64 = arg(args, 0, "n")?;
+                let session: Option<String> = arg(args, 1, "session")?;
+                Sessions::of(cx).limit_queue(n, session.as_deref())?;
+                Ok(Value::Null)
+            }
+            "buy" => {
+                let nonce: String = arg(args, 0, "nonce")?;
+                let index: u64 = arg(args, 1, "index")?;
+                let item: String = arg(args, 2, "item")?;
+                let mut sessions = Sessions::of(cx);
+                let done = sessions.memento(&nonce)?.and_then(|m| m.as_u64());
+                if !sessions.remember(&nonce, json!(index))? {
+                    return Err(MethodError::App(format!(
+                        "not buying {item} ({index}): nonce {nonce} is not the session's current instance"
+                    )));
+                }
+                // A repeat of a buy that committed (a call retried after its answer was lost)
+                // buys nothing more: the instance remembers how far it got.
+                if done.is_some_and(|d| index <= d) {
+                    return Ok(json!({"index": index, "repeat": true}));
+                }
+                let bought = cx.state.entry("bought").or_insert_with(|| json!([]));
+                if let Value::Array(list) = bought {
+                    list.push(json!(item));
+                }
+                Ok(json!({"index": index, "repeat": false}))
+            }
+            "bought" => Ok(cx.state.get("bought").cloned().unwrap_or(json!([]))),
+            "whoami" => Ok(match cx.sender() {
+                crate::turn::Sender::Client { session, caller } => {
+                    json!({"session": session, "caller": caller.as_str()})
+                }
+                crate::turn::Sender::System { by } => json!({"system": by}),
+            }),
+            "acl_versions" => {
+                let root: String = arg(args, 0, "root")?;
+                let versions: serde_json::Map<String, Value> = cx
+                    .aggregate(&root)?
+                    .version_vector()
+                    .into_iter()
+                    .map(|(m, v)| (m.to_string(), json!(v)))
+                    .collect();
+                Ok(Value::Object(versions))
             }
             other => Err(MethodError::UnknownMethod(other.to_string())),
         }
