@@ -41,7 +41,7 @@ pub use compile::{
 };
 pub use manifest::{Manifest, RESERVED_MAPS, Settings, code_map_of};
 pub use package::{
-    DATA_DIR, DATA_PREFIX, MANIFEST_FILE, MANIFEST_KEY, PUBLISHED_KEY, Package, Published,
+    DATA_DIR, DATA_PREFIX, MANIFEST_FILE, MANIFEST_KEY, Op, PUBLISHED_KEY, Package, Published,
     SCRIPT_PREFIX,
 };
 

@@ -39,6 +39,9 @@ pub const SCRIPT_PREFIX: &str = "script/";
 /// The prefix of data entries' keys.
 pub const DATA_PREFIX: &str = "data/";
 
+/// One operation on a map: `(key, None)` removes it, `(key, Some(entry))` puts it.
+pub type Op = (Arc<str>, Option<Entry>);
+
 /// An app's code and data, as published in one version of its code map.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Package {
@@ -171,12 +174,8 @@ impl Package {
 
     /// The operations that make `current` hold exactly this content and `published`: every key
     /// put, every other key removed.
-    pub fn ops(
-        &self,
-        published: &Published,
-        current: &SharingMap,
-    ) -> Result<Vec<(Arc<str>, Option<Entry>)>, CodeError> {
-        let mut ops: Vec<(Arc<str>, Option<Entry>)> = self
+    pub fn ops(&self, published: &Published, current: &SharingMap) -> Result<Vec<Op>, CodeError> {
+        let mut ops: Vec<Op> = self
             .entries()?
             .into_iter()
             .map(|(k, e)| (k, Some(e)))
