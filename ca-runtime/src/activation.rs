@@ -202,6 +202,27 @@ impl Activation {
         self.reader.pin(&targets).await
     }
 
+    /// Opens the writable maps the message's code declares that the activation does not hold
+    /// yet (a scripted app's new version may declare more): created if need be, then written
+    /// like the others and committed with the turns.
+    async fn open_maps(&self, working: &mut Working, pins: &Pins) -> Result<(), CaError> {
+        for local in self.app.maps_for(pins) {
+            if working.maps.contains_key(&local) {
+                continue;
+            }
+            let name = MapName::parse(&format!("{}-{local}", self.ca)).map_err(|e| {
+                CaError::exception(format!(
+                    "the app declares map {local:?}, not a valid map name: {e}"
+                ))
+            })?;
+            let map = self.get_or_create(&name).await?;
+            working
+                .maps
+                .insert(local, sharing_map::Transaction::new(map));
+        }
+        Ok(())
+    }
+
     async fn get_or_create(&self, name: &MapName) -> Result<SharingMap, CaError> {
         let client = &self.host.client;
         let unavailable =
@@ -285,7 +306,10 @@ impl Activation {
                 reply,
                 arrived,
             } => {
-                let pins = self.pin_for(&message.calls).await;
+                let pins = match self.pin_for(&message.calls).await {
+                    Ok(pins) => self.open_maps(working, &pins).await.map(|()| pins),
+                    Err(e) => Err(e),
+                };
                 let (app, ca) = self.ids();
                 let method = message
                     .calls

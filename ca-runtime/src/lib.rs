@@ -34,6 +34,6 @@ pub mod service;
 pub mod turn;
 
 pub use activation::Reply;
-pub use app::{App, Cx, MethodError, MethodResult, ReadSpec};
+pub use app::{App, CodeVersion, Cx, MethodError, MethodResult, ReadSpec, TurnMeter};
 pub use error::CaError;
 pub use host::{Host, HostConfig};
