@@ -98,6 +98,9 @@ pub fn registry() -> Result<Registry, components::Error> {
             app: Arc::new(Counter::new(version)),
         })
     })?;
+    r.register("ca-runtime#scripted", |a: FactoryArgs| async move {
+        crate::scripted::part(&a)
+    })?;
     r.register("ca-runtime#placement", |a: FactoryArgs| async move {
         placement(&a)
     })?;
@@ -413,7 +416,7 @@ fn host(a: &FactoryArgs) -> Result<HostPart, BoxError> {
         ..HostConfig::default()
     };
     config.limits.max_state_bytes = u64_of(&a.env, "max_state_bytes")? as usize;
-    Ok(HostPart(Host::new(
+    let host = Host::new(
         spine.client.clone(),
         agent,
         apps,
@@ -421,7 +424,13 @@ fn host(a: &FactoryArgs) -> Result<HostPart, BoxError> {
         turn_plugins,
         placement.0.clone(),
         config,
-    )))
+    );
+    // Optional: apps published as code maps, found when first called.
+    if opt_str(&a.env, "scripted")?.is_some() {
+        let scripted = part::<crate::scripted::ScriptedPart>(a, "scripted")?;
+        host.resolve_apps_with(scripted.0.clone())?;
+    }
+    Ok(HostPart(host))
 }
 
 async fn endpoint(a: FactoryArgs) -> Result<EndpointPart, BoxError> {
@@ -550,6 +559,7 @@ mod tests {
                 "agent",
                 "log",
                 "demo-counter",
+                "scripted",
                 "placement",
                 "host",
                 "endpoint",

@@ -16,6 +16,8 @@
 //!   of their own; [`plugins::IntentPlugin`]s carry out intents after commit (`log`) and may
 //!   answer the CA with a message through a [`plugins::Courier`].
 //! - [`apps`]: example apps (`counter`).
+//! - [`scripted`]: apps written in Rhai and published as code maps, served without a restart;
+//!   each message runs one pinned code version, upgrades run before the next message.
 //! - [`assembly`]: the host as JSON components (`ca-runtime/host.json`) and their factories.
 
 pub mod activation;
@@ -30,6 +32,7 @@ pub mod metrics;
 pub mod placement;
 pub mod plugins;
 pub mod reads;
+pub mod scripted;
 pub mod service;
 pub mod turn;
 
