@@ -27,13 +27,13 @@ pub const PUBLISH_CONFLICT_RETRIES: usize = 5;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AppError {
     /// The app's content is broken (nothing was written).
-    #[error("the app was not published: {0}")]
+    #[error("the app was not published")]
     Code(#[from] CodeError),
     /// The Spine refused or did not answer.
     #[error(transparent)]
     Client(#[from] ClientError),
     /// The content breaks a map limit (nothing was written).
-    #[error("the app was not published: {0}")]
+    #[error("the app was not published")]
     Limit(#[from] sharing_map::LimitError),
     /// A version the command needs is not there.
     #[error("{0}")]
