@@ -10,7 +10,9 @@
 //! Before each message, the activation pins one version of every map and aggregate the message
 //! reads ([`Reader`]): the turn, every method of a multi-call, sees only those (Isolation), and
 //! the next message pins the newest the node has (Fairness). A turn run while a checkpoint is
-//! in flight pins its own.
+//! in flight pins its own. For a scripted app the pins include its code map: the turn runs the
+//! code version they name (upgrading first if its state version changed), and writable maps that
+//! version declares are opened before it runs.
 //!
 //! A checkpoint that fails stops the activation: the callers of its turns get a retryable error
 //! (`moved` after a conflict, `checkpoint` otherwise), and the next activation loads whatever was

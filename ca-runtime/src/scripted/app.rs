@@ -80,6 +80,13 @@ impl ScriptedApp {
         }
     }
 
+    /// The settings the newest code declares (`app.json`'s `settings`), for plugins.
+    pub fn settings(&self) -> code_map::Settings {
+        self.newest()
+            .map(|p| p.package.manifest.settings.clone())
+            .unwrap_or_default()
+    }
+
     /// The version pinned for this message, compiled.
     fn pinned(&self, reads: &Pins) -> Result<Arc<Program>, CaError> {
         let snapshot = reads.map(self.code_map.as_str()).ok_or_else(|| {
