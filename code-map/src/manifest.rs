@@ -112,7 +112,13 @@ impl Manifest {
                 let name = pattern
                     .replace("{ca}", &sample_ca)
                     .replace("{owner}", owner);
-                MapName::parse(&name).map_err(|e| bad(format!("{what}: {pattern:?}: {e}")))?;
+                let map =
+                    MapName::parse(&name).map_err(|e| bad(format!("{what}: {pattern:?}: {e}")))?;
+                if map.is_private_state() {
+                    return Err(bad(format!(
+                        "{what}: {pattern:?} names a CA's private state map, which no app may read"
+                    )));
+                }
             }
         }
         Ok(())
@@ -168,6 +174,10 @@ mod tests {
             (
                 r#"{"app": "acme-shop", "state_version": "1.0.0", "reads": ["x"]}"#,
                 "\"x\"",
+            ),
+            (
+                r#"{"app": "acme-shop", "state_version": "1.0.0", "reads": ["{ca}-castate"]}"#,
+                "private state",
             ),
             (
                 r#"{"app": "acme-shop", "state_version": "1.0.0", "settings": {"pulse": 1}}"#,
