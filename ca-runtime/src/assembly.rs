@@ -59,8 +59,13 @@ pub async fn run(
         .get::<HttpPart>("http")
         .map(|h| format!(", HTTP on http://{}", h.addr))
         .unwrap_or_default();
+    let scripted = description
+        .child("scripted")
+        .and_then(|s| s.env.get("apps"))
+        .map(|a| format!(", scripted apps: {a}"))
+        .unwrap_or_default();
     println!(
-        "ca-host: {} serving on {endpoint}{http} (apps: {})",
+        "ca-host: {} serving on {endpoint}{http} (apps: {}{scripted})",
         description.name,
         description
             .child("host")
