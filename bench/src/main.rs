@@ -16,6 +16,7 @@ mod etcd;
 mod load;
 mod procfs;
 mod report;
+mod scripted;
 mod stats;
 mod suite;
 mod workload;
@@ -41,6 +42,9 @@ struct Cli {
 enum Command {
     /// Every workload on Spine and etcd; writes report.md, results.json, latency.svg.
     Suite(Box<suite::SuiteArgs>),
+    /// Scripted apps: the counter in Rhai beside the counter in Rust (turns/s), and publish →
+    /// every active CA on the new version at its next message.
+    Scripted(scripted::ScriptedArgs),
     /// Spine only: writer acknowledgement to version pinnable on node agents; agent memory.
     Propagation {
         /// Agent counts to measure, comma-separated (each agent has its own stream).
@@ -65,6 +69,7 @@ async fn main() -> ExitCode {
     let command = async {
         match Cli::parse().command {
             Command::Suite(args) => run_suite(*args).await,
+            Command::Scripted(args) => scripted::run(args).await,
             Command::Propagation {
                 agents,
                 updates,

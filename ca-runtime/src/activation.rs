@@ -10,7 +10,9 @@
 //! Before each message, the activation pins one version of every map and aggregate the message
 //! reads ([`Reader`]): the turn, every method of a multi-call, sees only those (Isolation), and
 //! the next message pins the newest the node has (Fairness). A turn run while a checkpoint is
-//! in flight pins its own.
+//! in flight pins its own. For a scripted app the pins include its code map: the turn runs the
+//! code version they name (upgrading first if its state version changed), and writable maps that
+//! version declares are opened before it runs.
 //!
 //! A checkpoint that fails stops the activation: the callers of its turns get a retryable error
 //! (`moved` after a conflict, `checkpoint` otherwise), and the next activation loads whatever was
@@ -262,6 +264,27 @@ impl Activation {
         )
     }
 
+    /// Opens the writable maps the message's code declares that the activation does not hold
+    /// yet (a scripted app's new version may declare more): created if need be, then written
+    /// like the others and committed with the turns.
+    async fn open_maps(&self, working: &mut Working, pins: &Pins) -> Result<(), CaError> {
+        for local in self.app.maps_for(pins) {
+            if working.maps.contains_key(&local) {
+                continue;
+            }
+            let name = MapName::parse(&format!("{}-{local}", self.ca)).map_err(|e| {
+                CaError::exception(format!(
+                    "the app declares map {local:?}, not a valid map name: {e}"
+                ))
+            })?;
+            let map = self.get_or_create(&name, true).await?;
+            working
+                .maps
+                .insert(local, sharing_map::Transaction::new(map));
+        }
+        Ok(())
+    }
+
     async fn get_or_create(&self, name: &MapName, may_create: bool) -> Result<SharingMap, CaError> {
         let client = &self.host.client;
         let unavailable =
@@ -356,10 +379,13 @@ impl Activation {
                     crate::turn::Sender::Client { caller, .. } => Some(caller.clone()),
                     crate::turn::Sender::System { .. } => None,
                 };
-                let pins = self
-                    .pin_for(&message.calls, caller.as_ref())
-                    .await
-                    .and_then(|pins| self.authorize(&message, &pins).map(|()| pins));
+                let pins = match self.pin_for(&message.calls, caller.as_ref()).await {
+                    Ok(pins) => match self.authorize(&message, &pins) {
+                        Ok(()) => self.open_maps(working, &pins).await.map(|()| pins),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                };
                 let (app, ca) = self.ids();
                 let method = message
                     .calls

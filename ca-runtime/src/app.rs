@@ -33,11 +33,39 @@ pub enum MethodError {
 /// What methods return.
 pub type MethodResult<T> = Result<T, MethodError>;
 
+/// The code a message runs on: what its CA's checkpoint records, and what upgrades compare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeVersion {
+    /// The version (semver) of the state layout the code reads and writes.
+    pub state_version: Version,
+    /// The version of the app's code map the code came from (`None`: compiled into the host).
+    pub code: Option<u64>,
+}
+
 /// An app: its state version, life-cycle hooks and methods. Methods run one at a time per CA;
 /// each call is one transaction, so a method that returns an error (or panics) leaves no trace.
 pub trait App: Send + Sync + 'static {
     /// The version of the state layout this code reads and writes (semver).
     fn state_version(&self) -> Version;
+
+    /// The code a message whose reads are pinned as `reads` runs on. A Rust app has one
+    /// ([`App::state_version`]); a scripted app's is the code map version pinned for the message,
+    /// which may change between two messages of an active CA: the turn engine compares it with
+    /// the checkpoint's before every message and upgrades first (`__ca_upgrade__`) when the state
+    /// versions differ.
+    fn version_for(&self, _reads: &Pins) -> Result<CodeVersion, crate::CaError> {
+        Ok(CodeVersion {
+            state_version: self.state_version(),
+            code: None,
+        })
+    }
+
+    /// The writable maps a message whose reads are pinned as `reads` may write: those of
+    /// [`App::maps`] unless the code changes with the message (a scripted app). The activation
+    /// opens the ones it does not hold yet before the message runs.
+    fn maps_for(&self, _reads: &Pins) -> Vec<String> {
+        self.maps()
+    }
 
     /// Local names of the Sharing Maps each CA writes (`prices` is `alice-phone-prices` for CA
     /// `alice-phone`): created at activation, written through [`Cx::map`], committed atomically
@@ -113,6 +141,15 @@ pub struct Cx<'a> {
     pub(crate) plugins: &'a mut BTreeMap<String, Value>,
     pub(crate) reads: &'a Pins,
     pub(crate) sender: &'a Sender,
+    pub(crate) meter: &'a mut TurnMeter,
+}
+
+/// What the turn has used so far of budgets that hold per turn, not per call: every method of a
+/// multi-call, and the hooks run in the same turn, draw on one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TurnMeter {
+    /// Script operations run (scripted apps).
+    pub operations: u64,
 }
 
 impl Cx<'_> {
@@ -169,6 +206,11 @@ impl Cx<'_> {
     /// owner or full name has a value in some map of the aggregate).
     pub fn check(&self, root: &str, caller: &CaName) -> MethodResult<bool> {
         Ok(node_agent::aggregate::check(self.aggregate(root)?, caller))
+    }
+
+    /// What the turn has used of its per-turn budgets so far.
+    pub fn meter(&mut self) -> &mut TurnMeter {
+        self.meter
     }
 
     /// The state of turn plugin `name` (see [`TurnPlugin`](crate::turn::TurnPlugin)), if the

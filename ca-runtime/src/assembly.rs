@@ -59,8 +59,13 @@ pub async fn run(
         .get::<HttpPart>("http")
         .map(|h| format!(", HTTP on http://{}", h.addr))
         .unwrap_or_default();
+    let scripted = description
+        .child("scripted")
+        .and_then(|s| s.env.get("apps"))
+        .map(|a| format!(", scripted apps: {a}"))
+        .unwrap_or_default();
     println!(
-        "ca-host: {} serving on {endpoint}{http} (apps: {})",
+        "ca-host: {} serving on {endpoint}{http} (apps: {}{scripted})",
         description.name,
         description
             .child("host")
@@ -99,6 +104,9 @@ pub fn registry() -> Result<Registry, components::Error> {
             name,
             app: Arc::new(Counter::new(version)),
         })
+    })?;
+    r.register("ca-runtime#scripted", |a: FactoryArgs| async move {
+        crate::scripted::part(&a)
     })?;
     r.register("ca-runtime#placement", |a: FactoryArgs| async move {
         placement(&a)
@@ -432,7 +440,7 @@ fn host(a: &FactoryArgs) -> Result<HostPart, BoxError> {
             return Err(format!("env rules must map apps to lists of rules, not {other}").into());
         }
     }
-    Ok(HostPart(Host::new(
+    let host = Host::new(
         spine.client.clone(),
         agent,
         apps,
@@ -440,7 +448,13 @@ fn host(a: &FactoryArgs) -> Result<HostPart, BoxError> {
         turn_plugins,
         placement.0.clone(),
         config,
-    )))
+    );
+    // Optional: apps published as code maps, found when first called.
+    if opt_str(&a.env, "scripted")?.is_some() {
+        let scripted = part::<crate::scripted::ScriptedPart>(a, "scripted")?;
+        host.resolve_apps_with(scripted.0.clone())?;
+    }
+    Ok(HostPart(host))
 }
 
 async fn endpoint(a: FactoryArgs) -> Result<EndpointPart, BoxError> {
@@ -584,6 +598,7 @@ mod tests {
                 "session-listeners",
                 "session",
                 "demo-counter",
+                "scripted",
                 "placement",
                 "host",
                 "endpoint",

@@ -39,6 +39,9 @@ pub fn state_map_name(ca: &CaName) -> Result<MapName, CaError> {
 pub struct Meta {
     /// The state version (semver) of the app code that wrote this checkpoint.
     pub state_version: semver::Version,
+    /// The version of the app's code map the CA last ran (scripted apps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_version: Option<u64>,
     /// How many checkpoints this CA has had; it changes with every checkpoint, so the state map's
     /// compare-and-swap fences every checkpoint, even one that changes no state key.
     pub checkpoints: u64,
@@ -222,6 +225,7 @@ mod tests {
         let mut one = CaState {
             meta: Some(Meta {
                 state_version: semver::Version::new(0, 1, 0),
+                code_version: None,
                 checkpoints: 1,
             }),
             ..CaState::default()

@@ -55,6 +55,18 @@ impl Default for HostConfig {
     }
 }
 
+/// Apps a host finds when they are first called, besides those compiled into it: scripted apps,
+/// found by their code maps (no restart to deploy one).
+pub trait AppResolver: Send + Sync + std::fmt::Debug + 'static {
+    /// The app, if an earlier call resolved it (no waiting).
+    fn cached(&self, app: &AppName) -> Option<Arc<dyn App>>;
+    /// Finds the app, or says why there is none (`not_found`).
+    fn resolve(
+        &self,
+        app: &AppName,
+    ) -> futures::future::BoxFuture<'_, Result<Arc<dyn App>, CaError>>;
+}
+
 struct Slot {
     tx: mpsc::Sender<Envelope>,
     generation: u64,
@@ -72,6 +84,8 @@ pub(crate) struct HostInner {
     pub(crate) agent: Option<node_agent::Agent>,
     placement: Option<Arc<Placement>>,
     apps: BTreeMap<AppName, Arc<dyn App>>,
+    /// Where apps not compiled in are found (set once, before serving).
+    resolver: std::sync::OnceLock<Arc<dyn AppResolver>>,
     slots: Mutex<HashMap<(AppName, CaName), Slot>>,
     generations: AtomicU64,
 }
@@ -129,6 +143,7 @@ impl Host {
             agent,
             placement,
             apps: apps.into_iter().collect(),
+            resolver: std::sync::OnceLock::new(),
             slots: Mutex::new(HashMap::new()),
             generations: AtomicU64::new(0),
         });
@@ -136,6 +151,15 @@ impl Host {
             tokio::spawn(renew_leases(Arc::downgrade(&inner), placement));
         }
         Self { inner }
+    }
+
+    /// Serves the apps `resolver` finds (scripted apps) besides the compiled-in ones, which come
+    /// first. Set once, before the host serves; a second resolver is refused.
+    pub fn resolve_apps_with(&self, resolver: Arc<dyn AppResolver>) -> Result<(), CaError> {
+        self.inner
+            .resolver
+            .set(resolver)
+            .map_err(|_| CaError::invalid("this host already has an app resolver"))
     }
 
     /// Where calls of a CA go: here, or the host holding its partition.
@@ -285,14 +309,18 @@ impl Host {
             return Err(CaError::invalid("a call needs at least one method"));
         }
         if !self.inner.apps.contains_key(&app) {
-            return Err(CaError::not_found(format!(
-                "this host serves no app {app} (it serves: {})",
-                self.apps()
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+            if let Some(resolver) = self.inner.resolver.get() {
+                resolver.resolve(&app).await?;
+            } else {
+                return Err(CaError::not_found(format!(
+                    "this host serves no app {app} (it serves: {})",
+                    self.apps()
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
         }
         let (reply, rx) = oneshot::channel();
         let envelope = Envelope::Call {
@@ -366,7 +394,10 @@ impl HostInner {
     }
 
     fn slot(self: &Arc<Self>, app: &AppName, ca: &CaName) -> Option<mpsc::Sender<Envelope>> {
-        let code = self.apps.get(app)?.clone();
+        let code = match self.apps.get(app) {
+            Some(code) => code.clone(),
+            None => self.resolver.get()?.cached(app)?,
+        };
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let key = (app.clone(), ca.clone());
         if let Some(slot) = slots.get(&key)

@@ -19,6 +19,8 @@
 //! - [`access`]: who may call a CA: its owner, or callers the app's rules grant.
 //! - [`apps`]: example apps (`counter`).
 //! - [`web`]: the WebSocket endpoint (JSON frames, same operations as `ca.v1`) and the web page.
+//! - [`scripted`]: apps written in Rhai and published as code maps, served without a restart;
+//!   each message runs one pinned code version, upgrades run before the next message.
 //! - [`assembly`]: the host as JSON components (`ca-runtime/host.json`) and their factories.
 
 pub mod access;
@@ -35,11 +37,12 @@ pub mod metrics;
 pub mod placement;
 pub mod plugins;
 pub mod reads;
+pub mod scripted;
 pub mod service;
 pub mod turn;
 pub mod web;
 
 pub use activation::Reply;
-pub use app::{App, Cx, MethodError, MethodResult, ReadSpec};
+pub use app::{App, CodeVersion, Cx, MethodError, MethodResult, ReadSpec, TurnMeter};
 pub use error::CaError;
 pub use host::{Host, HostConfig};

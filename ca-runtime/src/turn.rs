@@ -18,7 +18,7 @@ use serde_json::Value;
 use sharing_map::{AppName, CaName, ChangeSet, SharingMap, Transaction, UpdateId};
 
 use crate::CaError;
-use crate::app::{App, Cx, MethodError, NewIntent};
+use crate::app::{App, CodeVersion, Cx, MethodError, NewIntent, TurnMeter};
 use crate::checkpoint::{CaState, Intent, Meta};
 use crate::reads::Pins;
 
@@ -260,7 +260,10 @@ impl Working {
     }
 
     /// Runs `message` as one turn: all or nothing, returning the last result. Every call reads
-    /// the maps and aggregates of `reads`, pinned once for the whole message.
+    /// the maps and aggregates of `reads`, pinned once for the whole message, and runs on the
+    /// code those pins name ([`App::version_for`]): when its state version differs from the
+    /// checkpoint's, `__ca_upgrade__` (or the default rule) runs first, in the same turn, so the
+    /// upgrade commits with the message or not at all, once per CA and version change.
     pub fn run_message(
         &mut self,
         app: &dyn App,
@@ -276,7 +279,17 @@ impl Working {
             // Its intent was completed by an earlier delivery: this one is a repeat.
             return Ok(Value::Null);
         }
-        self.run(ids, scratch, reads, message, rules, |cx| {
+        let target = app.version_for(reads)?;
+        let upgrade_from = self
+            .state
+            .meta
+            .as_ref()
+            .map(|m| m.state_version.clone())
+            .filter(|old| *old != target.state_version);
+        let value = self.run(ids, scratch, reads, message, rules, |cx| {
+            if let Some(old) = &upgrade_from {
+                upgrade(app, cx, old, &target.state_version)?;
+            }
             let mut last = Value::Null;
             for call in &message.calls {
                 let answer = if call.method.starts_with(PLUGIN_METHOD_PREFIX) {
@@ -287,10 +300,12 @@ impl Working {
                 last = answer.map_err(|e| method_error(&call.method, e))?;
             }
             Ok(last)
-        })
+        })?;
+        self.record_version(target);
+        Ok(value)
     }
 
-    /// The first turn of a new CA: `__ca_init__`, then its state version is recorded.
+    /// The first turn of a new CA: `__ca_init__`, then its code version is recorded.
     pub fn run_init(
         &mut self,
         app: &dyn App,
@@ -299,14 +314,15 @@ impl Working {
         reads: &Pins,
         limits: &TurnRules,
     ) -> Result<(), CaError> {
-        let version = app.state_version();
+        let target = app.version_for(reads)?;
         let message = Message::system("runtime", vec![call_of("__ca_init__")]);
         self.run(ids, scratch, reads, &message, limits, |cx| {
             resume_plugins(cx, limits)?;
             app.init(cx).map_err(|e| method_error("__ca_init__", e))
         })?;
         self.state.meta = Some(Meta {
-            state_version: version,
+            state_version: target.state_version,
+            code_version: target.code,
             checkpoints: 0,
         });
         Ok(())
@@ -322,28 +338,32 @@ impl Working {
         reads: &Pins,
         limits: &TurnRules,
     ) -> Result<(), CaError> {
-        let new = app.state_version();
+        let target = app.version_for(reads)?;
         let old = self
             .state
             .meta
             .as_ref()
             .map(|m| m.state_version.clone())
             .ok_or_else(|| CaError::exception("resume of a CA that was never initialized"))?;
+        let new = target.state_version.clone();
         let message = Message::system("runtime", vec![call_of("__ca_resume__")]);
         self.run(ids, scratch, reads, &message, limits, |cx| {
             resume_plugins(cx, limits)?;
             if old != new {
-                match app.upgrade(cx, &old, &new) {
-                    Some(r) => r.map_err(|e| method_error("__ca_upgrade__", e))?,
-                    None => default_upgrade(&old, &new)?,
-                }
+                upgrade(app, cx, &old, &new)?;
             }
             app.resume(cx).map_err(|e| method_error("__ca_resume__", e))
         })?;
-        if let Some(meta) = self.state.meta.as_mut() {
-            meta.state_version = new;
-        }
+        self.record_version(target);
         Ok(())
+    }
+
+    /// The checkpoint to be names `target` as the code that last ran.
+    fn record_version(&mut self, target: CodeVersion) {
+        if let Some(meta) = self.state.meta.as_mut() {
+            meta.state_version = target.state_version;
+            meta.code_version = target.code;
+        }
     }
 
     /// Runs `body` as one turn on a copy of `self`: kept on success, dropped on failure (the
@@ -397,6 +417,7 @@ impl Working {
                 message,
             );
         }
+        let mut meter = TurnMeter::default();
         let outcome = {
             let mut cx = Cx {
                 app: ids.app,
@@ -408,6 +429,7 @@ impl Working {
                 plugins: &mut self.state.plugins,
                 reads,
                 sender: &message.sender,
+                meter: &mut meter,
             };
             catch_unwind(AssertUnwindSafe(|| body(&mut cx)))
         };
@@ -546,6 +568,14 @@ fn plugin_method(
         }
     }
     Err(MethodError::UnknownMethod(call.method.clone()))
+}
+
+/// The app's upgrade hook from state version `old` to `new`, or the default rule without one.
+fn upgrade(app: &dyn App, cx: &mut Cx<'_>, old: &Version, new: &Version) -> Result<(), CaError> {
+    match app.upgrade(cx, old, new) {
+        Some(r) => r.map_err(|e| method_error("__ca_upgrade__", e)),
+        None => default_upgrade(old, new),
+    }
 }
 
 fn resume_plugins(cx: &mut Cx<'_>, rules: &TurnRules) -> Result<(), CaError> {

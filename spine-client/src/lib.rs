@@ -47,6 +47,7 @@
 //! ```
 
 pub mod acl;
+pub mod apps;
 mod client;
 mod cluster;
 mod error;

@@ -108,6 +108,9 @@ pub enum Command {
     /// Issue, attenuate (narrow) and inspect access tokens.
     #[command(subcommand, after_help = TOKEN_HELP)]
     Token(TokenCommand),
+    /// Publish scripted apps as code maps, list their versions, roll back.
+    #[command(subcommand, after_help = APP_HELP)]
+    App(AppCommand),
     /// Measure write throughput and commit latency: concurrent writers, each updating its own
     /// map with compare-and-swap change sets, for a while.
     #[command(after_help = LOAD_HELP)]
@@ -130,6 +133,32 @@ Progress goes to stderr once a second; the report to stdout. Ctrl-C stops early 
 Examples:
   spinectl load --writers 64 --seconds 30
   spinectl --output json load --writers 1 --value-bytes 4096 | jq .ops_per_sec";
+
+/// App commands.
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+pub enum AppCommand {
+    /// Check that every script compiles, then publish the directory as the next version of the
+    /// app's code map (a broken script is refused before anything is written); prints the
+    /// version.
+    Publish {
+        /// The app directory (app.json, *.rhai, data/*.json).
+        dir: std::path::PathBuf,
+    },
+    /// List the published versions the Spine still has: version, state version, time, digest.
+    Versions {
+        /// The app [default: --app].
+        app: Option<String>,
+    },
+    /// Publish the content of an earlier version again, as a new version: CAs move back at
+    /// their next message, running the upgrade hook the restored code defines.
+    Rollback {
+        /// The app [default: --app].
+        app: Option<String>,
+        /// The version to go back to.
+        #[arg(long, value_name = "VERSION")]
+        to: u64,
+    },
+}
 
 /// Map commands.
 #[derive(Subcommand, Debug, Clone, PartialEq)]
@@ -324,6 +353,19 @@ Examples:
   spinectl acl check acme-admin-roles alice-phone clerk
   spinectl acl explain acme-admin-roles alice-phone
   spinectl acl revoke acme-shop-staff alice-phone clerk";
+
+const APP_HELP: &str = "\
+A scripted app is a directory: app.json (the app's name, its state version, settings, the maps
+its CAs write and read), its methods in *.rhai files, and optional data entries in data/*.json.
+Publishing writes the whole directory as one atomic update of the app's code map <app>-code:
+every CA of the app runs the new code (and data) from its next message on. It needs a token
+that speaks for the app's own CA (for app acme-counter: CA acme-counter), e.g.
+  spinectl token issue --app-publisher acme --app-local counter --ca acme-counter
+
+Examples:
+  spinectl app publish examples/counter
+  spinectl app versions acme-counter
+  spinectl app rollback acme-counter --to 1";
 
 const TOKEN_HELP: &str = "\
 A token carries up to five constraints (app publisher, app local name, CA owner, CA local name,

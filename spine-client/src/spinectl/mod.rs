@@ -1,5 +1,6 @@
 //! The `spinectl` command: command line, running commands, and rendering results.
 
+pub mod app;
 pub mod args;
 pub mod load;
 pub mod render;

@@ -41,6 +41,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             super::security::run_acl(&client, &app, cli.output, command).await
         }
         Command::Token(command) => super::security::run_token(cli.output, command),
+        Command::App(command) => super::app::run_app(&client, &cli.app, cli.output, command).await,
         Command::Load(args) => {
             let app = AppName::parse(&cli.app)?;
             load::run(&client, &app, cli.output, &args).await
