@@ -89,6 +89,15 @@ pub fn registry() -> Result<Registry, components::Error> {
             &a.env, "path",
         )?))))
     })?;
+    r.register("ca-runtime#timers", |a: FactoryArgs| async move {
+        crate::plugins::timers::part(&a.env)
+    })?;
+    r.register("ca-runtime#alarm", |a: FactoryArgs| async move {
+        Ok::<_, BoxError>(AppPart {
+            name: AppName::parse(a.name())?,
+            app: Arc::new(crate::apps::alarm::Alarm),
+        })
+    })?;
     r.register("ca-runtime#counter", |a: FactoryArgs| async move {
         let version = semver::Version::parse(&str_of(&a.env, "state_version")?)
             .map_err(|e| format!("state_version: {e}"))?;
@@ -413,6 +422,9 @@ fn host(a: &FactoryArgs) -> Result<HostPart, BoxError> {
         ..HostConfig::default()
     };
     config.limits.max_state_bytes = u64_of(&a.env, "max_state_bytes")? as usize;
+    if a.env.contains_key("wake_scan_ms") {
+        config.wake_scan = Duration::from_millis(u64_of(&a.env, "wake_scan_ms")?.max(10));
+    }
     Ok(HostPart(Host::new(
         spine.client.clone(),
         agent,
@@ -549,7 +561,9 @@ mod tests {
                 "spine",
                 "agent",
                 "log",
+                "timers",
                 "demo-counter",
+                "demo-timers",
                 "placement",
                 "host",
                 "endpoint",

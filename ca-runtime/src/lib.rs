@@ -10,6 +10,8 @@
 //! - [`committer`]: group commit of many CAs' checkpoints through `UpdateBatch`.
 //! - [`host`]: routing calls to activations; [`placement`]: which host serves a CA (partition
 //!   leases in the Spine); [`service`]: the `ca.v1` gRPC endpoint, forwarding to the holder.
+//! - [`wakeups`]: the host's wake index: which CAs to activate for their timers, per partition
+//!   in the Spine, so that an inactive CA costs no activation.
 //! - [`reads`]: the read-only half of the `sharing` plugin: other writers' maps and aggregates
 //!   through the node agent, pinned once per message ([`reads::Pins`]).
 //! - [`plugins`]: plugins: [`turn::TurnPlugin`]s take part in every turn over checkpointed state
@@ -32,6 +34,7 @@ pub mod plugins;
 pub mod reads;
 pub mod service;
 pub mod turn;
+pub mod wakeups;
 
 pub use activation::Reply;
 pub use app::{App, Cx, MethodError, MethodResult, ReadSpec};

@@ -184,7 +184,12 @@ impl Placement {
 
     /// Where calls of CA `ca` of `app` go, taking its partition if it is free.
     pub async fn route(&self, app: &AppName, ca: &CaName) -> Result<Route, CaError> {
-        let p = self.partition(app, ca);
+        self.claim(self.partition(app, ca)).await
+    }
+
+    /// Where calls of partition `p` go, taking it if it is free: a host that finds work there
+    /// (CAs with due timers) claims it without waiting for a call.
+    pub async fn claim(&self, p: u32) -> Result<Route, CaError> {
         if let Some(route) = self.known_route(p) {
             return Ok(route);
         }
@@ -199,8 +204,9 @@ impl Placement {
         self.settle(p).await
     }
 
-    /// What is known may decide: our own lease with time left, another's still running.
-    fn known_route(&self, p: u32) -> Option<Route> {
+    /// What is known may decide: our own lease with time left, another's still running
+    /// (`None`: unknown, free or expired).
+    pub fn known_route(&self, p: u32) -> Option<Route> {
         let k = self.known(p)?;
         let lease_ms = self.config.lease.as_millis() as u64;
         match Lease::decide(

@@ -1,3 +1,4 @@
 //! The example apps every host serves by default.
 
+pub mod alarm;
 pub mod counter;

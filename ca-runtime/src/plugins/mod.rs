@@ -7,7 +7,7 @@
 //!   [`Message::completes`](crate::turn::Message) naming the intent, so the answer is taken
 //!   exactly once).
 //!
-//! One file per plugin: [`log`].
+//! One file per plugin: [`log`], [`timers`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use crate::checkpoint::Intent;
 use crate::turn::Message;
 
 pub mod log;
+pub mod timers;
 
 pub use log::LogPlugin;
 
