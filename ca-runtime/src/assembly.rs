@@ -92,6 +92,22 @@ pub fn registry() -> Result<Registry, components::Error> {
     r.register("ca-runtime#timers", |a: FactoryArgs| async move {
         crate::plugins::timers::part(&a.env)
     })?;
+    r.register("ca-runtime#http-client", |a: FactoryArgs| async move {
+        crate::plugins::http::part(&a.env)
+    })?;
+    r.register("ca-runtime#events", |a: FactoryArgs| async move {
+        crate::plugins::events::part(&a.env)
+    })?;
+    r.register("ca-runtime#events-ingress", |a: FactoryArgs| async move {
+        let host = part::<HostPart>(&a, "host")?.0.clone();
+        crate::plugins::events::ingress::part(host, &a.env)
+    })?;
+    r.register("ca-runtime#books", |a: FactoryArgs| async move {
+        Ok::<_, BoxError>(AppPart {
+            name: AppName::parse(a.name())?,
+            app: Arc::new(crate::apps::books::Books),
+        })
+    })?;
     r.register("ca-runtime#alarm", |a: FactoryArgs| async move {
         Ok::<_, BoxError>(AppPart {
             name: AppName::parse(a.name())?,
@@ -368,7 +384,12 @@ fn placement(a: &FactoryArgs) -> Result<PlacementPart, BoxError> {
     if partitions == 0 {
         return Err("env partitions must be at least 1".into());
     }
+    let http = match opt_str(&a.env, "http_advertise")? {
+        Some(h) => Some(h),
+        None => opt_str(&a.env, "http_listen")?,
+    };
     let config = PlacementConfig {
+        http,
         host_id: opt_str(&a.env, "host_id")?.unwrap_or_else(|| addr.clone()),
         addr,
         partitions,
@@ -562,11 +583,15 @@ mod tests {
                 "agent",
                 "log",
                 "timers",
+                "http-client",
+                "events",
                 "demo-counter",
+                "demo-books",
                 "demo-timers",
                 "placement",
                 "host",
                 "endpoint",
+                "events-ingress",
                 "http"
             ],
             "parts are created in order: each after the parts it uses"

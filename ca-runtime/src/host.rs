@@ -161,6 +161,12 @@ impl Host {
         }
     }
 
+    /// Where the host holding a CA's partition serves HTTP (`None`: unknown, or no placement).
+    pub fn holder_http(&self, app: &AppName, ca: &CaName) -> Option<String> {
+        let p = self.inner.placement.as_ref()?;
+        p.holder_http(p.partition(app, ca))
+    }
+
     /// Forgets who holds a CA's partition (its holder did not answer).
     pub fn forget_route(&self, app: &AppName, ca: &CaName) {
         if let Some(p) = &self.inner.placement {

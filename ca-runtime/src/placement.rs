@@ -61,6 +61,9 @@ pub struct Lease {
     pub epoch: u64,
     /// Until when (Unix milliseconds) the holder may serve the partition.
     pub expires_unix_ms: u64,
+    /// Where the holder serves HTTP (event ingress), if it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
 }
 
 /// Where a call goes.
@@ -100,6 +103,7 @@ impl Lease {
                 addr: addr.to_string(),
                 epoch,
                 expires_unix_ms: now_ms + lease_ms,
+                http: None,
             })
         };
         match current {
@@ -131,6 +135,9 @@ pub struct PlacementConfig {
     pub partitions: u32,
     /// How long a lease lasts.
     pub lease: Duration,
+    /// Where this host serves HTTP, as other hosts reach it (recorded in its leases, so that
+    /// events reach the holder of a CA's partition).
+    pub http: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -220,6 +227,11 @@ impl Placement {
             Decision::Forward(addr) => Some(Route::Remote(addr)),
             Decision::Take(_) => None,
         }
+    }
+
+    /// Where the holder of partition `p` serves HTTP, as far as its known lease says.
+    pub fn holder_http(&self, p: u32) -> Option<String> {
+        self.known(p).and_then(|k| k.lease.http)
     }
 
     /// Forgets what is known of partition `p` (its holder did not answer).
@@ -320,7 +332,8 @@ impl Placement {
                 self.lock().insert(p, Known { lease });
                 Ok(route)
             }
-            Decision::Take(lease) => {
+            Decision::Take(mut lease) => {
+                lease.http = self.config.http.clone();
                 let id = UpdateId::parse(&format!(
                     "lease-{}-{}-{}",
                     self.config.host_id, lease.epoch, lease.expires_unix_ms
@@ -368,6 +381,7 @@ mod tests {
             addr: format!("{holder}:1"),
             epoch,
             expires_unix_ms: expires,
+            http: None,
         }
     }
 

@@ -7,7 +7,7 @@
 //!   [`Message::completes`](crate::turn::Message) naming the intent, so the answer is taken
 //!   exactly once).
 //!
-//! One file per plugin: [`log`], [`timers`].
+//! One file per plugin: [`log`], [`timers`], [`http`], [`events`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +20,8 @@ use crate::activation::Reply;
 use crate::checkpoint::Intent;
 use crate::turn::Message;
 
+pub mod events;
+pub mod http;
 pub mod log;
 pub mod timers;
 
