@@ -365,10 +365,10 @@ impl Activation {
     async fn settle_wakeups(&self, committed: &Committed) {
         let (app, ca) = self.ids();
         let wakeups = &self.host.wakeups;
-        let due = crate::wakeups::earliest(
+        let due = wake_of(
             &self.host.config.limits.turn_plugins,
             Ids { app: &app, ca: &ca },
-            &committed.state.plugins,
+            &committed.state,
         );
         if due.is_none() && !wakeups.may_hold(&app, &ca) {
             return;
@@ -460,10 +460,10 @@ impl Activation {
         };
         let turns = self.waiters.len();
         self.host.metrics.turns_per_checkpoint.observe(turns as f64);
-        let wake = crate::wakeups::earliest(
+        let wake = wake_of(
             &self.host.config.limits.turn_plugins,
             Ids { app: &app, ca: &ca },
-            &checkpoint.next.state.plugins,
+            &checkpoint.next.state,
         );
         let uncovered = wake.filter(|due| {
             self.host
@@ -647,6 +647,22 @@ fn fail(envelope: Envelope, e: &CaError) {
     if let Envelope::Call { reply, .. } = envelope {
         let _ = reply.send(Err(e.clone()));
     }
+}
+
+/// When a CA with this checkpoint must be active: its plugins' earliest wake-up, or now if it
+/// has intents still to carry out (so that a crash between a commit and its effects is
+/// recovered without waiting for a caller).
+fn wake_of(
+    plugins: &[Arc<dyn crate::turn::TurnPlugin>],
+    ids: Ids<'_>,
+    state: &CaState,
+) -> Option<u64> {
+    let wake = crate::wakeups::earliest(plugins, ids, &state.plugins);
+    if state.pending_intents().next().is_some() {
+        let now = crate::plugins::timers::now_ms();
+        return Some(wake.map_or(now, |w| w.min(now)));
+    }
+    wake
 }
 
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
