@@ -38,6 +38,8 @@ pub struct Received {
     pub data: Value,
     /// Whether this delivery was applied (the first of its id that was not failed on purpose).
     pub applied: bool,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 /// What the fleet saw.
@@ -52,10 +54,13 @@ pub struct FleetLog {
     pub echo_applied: BTreeSet<String>,
     /// Answers posted to the ingress (events, counting repeats).
     pub answers_posted: u64,
+    /// When each event posted to the ingress (starts and answers) was first sent, by subject.
+    pub posted: Vec<(String, std::time::Instant)>,
 }
 
 #[derive(Debug)]
 struct Shared {
+    faults: bool,
     log: Mutex<FleetLog>,
     ingress: Mutex<Option<String>>,
     held: tokio::sync::watch::Sender<bool>,
@@ -74,10 +79,21 @@ impl Fleet {
     /// Starts the fleet on `listen` (port 0: any), answering to the ingress at `ingress`
     /// (`http://HOST:PORT`, may be set later).
     pub async fn start(listen: &str, ingress: Option<String>) -> anyhow::Result<Self> {
+        Self::start_with(listen, ingress, true).await
+    }
+
+    /// Like [`start`](Self::start); without `faults` every service answers once, at once (for
+    /// benchmarks).
+    pub async fn start_with(
+        listen: &str,
+        ingress: Option<String>,
+        faults: bool,
+    ) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let (held, _) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared {
+            faults,
             log: Mutex::default(),
             ingress: Mutex::new(ingress),
             held,
@@ -142,6 +158,10 @@ async fn post_until_taken(
     deadline: Duration,
 ) -> anyhow::Result<()> {
     let until = tokio::time::Instant::now() + deadline;
+    let subject = event["subject"].as_str().unwrap_or("").to_string();
+    lock(&shared.log)
+        .posted
+        .push((subject, std::time::Instant::now()));
     let mut pause = Duration::from_millis(50);
     loop {
         let ingress = lock(&shared.ingress).clone();
@@ -179,7 +199,7 @@ async fn post_until_taken(
 }
 
 /// The answer to a command: `(type, data)`, and how many times it is posted.
-fn answer(ty: &str, data: &Value) -> Option<(String, Value, u32)> {
+fn answer(ty: &str, data: &Value, faults: bool) -> Option<(String, Value, u32)> {
     let attempt = data.get("attempt").cloned().unwrap_or(Value::Null);
     let step = ty.strip_prefix("cmd.book.")?;
     let input = data.get("input").cloned().unwrap_or(Value::Null);
@@ -199,9 +219,9 @@ fn answer(ty: &str, data: &Value) -> Option<(String, Value, u32)> {
         "fetch" => Some((
             "evt.book.fetch.success".into(),
             json!({"attempt": attempt, "output": format!("The full text of {book}.")}),
-            2,
+            if faults { 2 } else { 1 },
         )),
-        "summary" if attempt.as_u64().unwrap_or(0) < 3 => Some((
+        "summary" if faults && attempt.as_u64().unwrap_or(0) < 3 => Some((
             "evt.book.summary.failure".into(),
             json!({"attempt": attempt, "error": "the summarizer is overloaded"}),
             1,
@@ -233,7 +253,7 @@ async fn on_event(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoRe
         let seen_before = log.events.iter().any(|r| r.id == id);
         let applied_before = log.events.iter().any(|r| r.id == id && r.applied);
         // The grammar checker fails the first delivery of each command.
-        let fail = ty == "cmd.book.check.grammar" && !seen_before;
+        let fail = shared.faults && ty == "cmd.book.check.grammar" && !seen_before;
         let applied = !fail && !applied_before;
         log.events.push(Received {
             id: id.clone(),
@@ -241,6 +261,7 @@ async fn on_event(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoRe
             subject: subject.clone(),
             data: data.clone(),
             applied,
+            at: std::time::Instant::now(),
         });
         let status = if fail {
             StatusCode::INTERNAL_SERVER_ERROR
@@ -249,7 +270,7 @@ async fn on_event(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoRe
         };
         (applied, status)
     };
-    if applied && let Some((answer_ty, answer_data, times)) = answer(&ty, &data) {
+    if applied && let Some((answer_ty, answer_data, times)) = answer(&ty, &data, shared.faults) {
         let answer_event = json!({
             "specversion": "1.0", "id": format!("{id}/answer"), "source": format!("/fleet/{ty}"),
             "type": answer_ty, "subject": subject, "data": answer_data,

@@ -5,6 +5,7 @@
 pub mod ca;
 pub mod catchup;
 pub mod fanout;
+pub mod orchestration;
 pub mod propagation;
 pub mod write;
 pub mod write_batch;

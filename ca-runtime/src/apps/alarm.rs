@@ -10,7 +10,11 @@
 //! - `rings()` → what rang: `[{text, due_ms?, at_ms, late_ms?}]` (the last 1,000);
 //! - `pulses()` → the pulses: `[{due, slots, at_ms}]` (the last 1,000; `slots` > 1 when the
 //!   pulse covers periods that passed while the host was down: one call, not a flood);
-//! - `ring(text, due_ms?)`: called by the timers only (a client gets an app error).
+//! - `ring(text, due_ms?)`: called by the timers only (a client gets an app error);
+//! - `remind_many(count, first_after_ms, spread_ms)`: `count` timers due evenly over
+//!   `spread_ms` from `first_after_ms` on, each calling `tally(due_ms)` (timers only), which
+//!   counts how late it fired in `lateness` (a histogram: ms → count; 1 ms steps below 100 ms,
+//!   10 ms below 1 s, then 100 ms) and `tallied` (the benchmark's timers).
 //!
 //! `__ca_pulse__` comes every pulse period the host gives this app (`timers` plugin, env
 //! `pulse_ms`).
@@ -80,6 +84,47 @@ impl App for Alarm {
                 Ok(json!(timers::cancel(cx, id)?))
             }
             "pending" => Ok(json!(timers::pending(cx)?)),
+            "remind_many" => {
+                let count: u64 = arg(args, 0, "count")?;
+                let first: u64 = arg(args, 1, "first_after_ms")?;
+                let spread: u64 = arg(args, 2, "spread_ms")?;
+                let now = timers::now_ms();
+                for i in 0..count {
+                    let after = first + spread * i / count.max(1);
+                    timers::delay(
+                        cx,
+                        "tally",
+                        vec![json!(now + after)],
+                        Duration::from_millis(after),
+                    )?;
+                }
+                Ok(json!(count))
+            }
+            "tally" => {
+                if !matches!(cx.sender(), Sender::System { by } if by == timers::NAME) {
+                    return Err(MethodError::App("tally is called by timers only".into()));
+                }
+                let due: u64 = arg(args, 0, "due_ms")?;
+                let late = timers::now_ms().saturating_sub(due);
+                let bucket = match late {
+                    0..100 => late,
+                    100..1000 => late / 10 * 10,
+                    _ => late / 100 * 100,
+                };
+                let hist = cx
+                    .state
+                    .entry("lateness".to_string())
+                    .or_insert_with(|| json!({}));
+                let n = hist[bucket.to_string()].as_u64().unwrap_or(0);
+                hist[bucket.to_string()] = json!(n + 1);
+                let tallied = cx.state.get("tallied").and_then(Value::as_u64).unwrap_or(0);
+                cx.state.insert("tallied".into(), json!(tallied + 1));
+                Ok(Value::Null)
+            }
+            "lateness" => Ok(json!({
+                "tallied": cx.state.get("tallied").cloned().unwrap_or(json!(0)),
+                "lateness": cx.state.get("lateness").cloned().unwrap_or(json!({})),
+            })),
             "rings" => Ok(cx.state.get("rings").cloned().unwrap_or(json!([]))),
             "pulses" => Ok(cx.state.get("pulses").cloned().unwrap_or(json!([]))),
             "ring" => {
