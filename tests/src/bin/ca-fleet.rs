@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
                         if r.applied {
                             "applied"
                         } else {
-                            "dropped/failed"
+                            "not applied (failed on purpose, or a repeat)"
                         },
                         r.data
                     )
