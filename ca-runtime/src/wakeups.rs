@@ -266,6 +266,8 @@ impl Wakeups {
     /// Forgets the CAs of partition `p` (its lease was lost).
     pub fn forget_partition(&self, p: u32) {
         lock(&self.loaded).remove(&p);
+        // Another host writes its index now: what this one cached may go stale.
+        lock(&self.maps).remove(&p);
         let parts = self.partitions;
         lock(&self.schedule).retain(|a, c| partition_of(a, c, parts) != p);
     }
@@ -359,7 +361,11 @@ async fn write_loop(me: Weak<Wakeups>, mut rx: mpsc::UnboundedReceiver<Write>) {
                 None => me.read(p, false).await,
             };
             let base = match base {
-                Ok(m) => m,
+                Ok(m) => {
+                    // Kept, so that the next settle of a CA without wake-ups reads nothing.
+                    me.cache(p, m.clone());
+                    m
+                }
                 Err(e) => {
                     for w in writes {
                         let _ = w.reply.send(Err(e.clone()));
