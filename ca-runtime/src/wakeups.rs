@@ -373,15 +373,6 @@ async fn write_loop(me: Weak<Wakeups>, mut rx: mpsc::UnboundedReceiver<Write>) {
                     continue;
                 }
             };
-            if base.version() == 0 {
-                let name = base.name().clone();
-                if let Err(e) = me.client.create_map(&me.app, &name, Vec::new()).await {
-                    for w in writes {
-                        let _ = w.reply.send(Err(format!("creating {name}: {e}")));
-                    }
-                    continue;
-                }
-            }
             // The writes of one partition, applied in order on the base.
             let mut staged: HashMap<String, Option<IndexEntry>> = HashMap::new();
             for w in &writes {
@@ -402,6 +393,15 @@ async fn write_loop(me: Weak<Wakeups>, mut rx: mpsc::UnboundedReceiver<Write>) {
                     let _ = w.reply.send(Ok(()));
                 }
                 continue;
+            }
+            if base.version() == 0 {
+                let name = base.name().clone();
+                if let Err(e) = me.client.create_map(&me.app, &name, Vec::new()).await {
+                    for w in writes {
+                        let _ = w.reply.send(Err(format!("creating {name}: {e}")));
+                    }
+                    continue;
+                }
             }
             let ops: Vec<(Arc<str>, Option<Entry>)> = staged
                 .into_iter()
