@@ -361,15 +361,31 @@ async fn ingest(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return refuse(Refusal::new(413, format!("the body is over {limit} bytes")));
+    let over = || refuse(Refusal::new(413, format!("the body is over {limit} bytes")));
+    // Up to this much of an oversize body is read and dropped before the 413, so that the
+    // sender, still sending, gets the answer rather than a closed connection.
+    let drain_cap = limit.saturating_mul(16);
+    if declared.is_some_and(|n| n > drain_cap) {
+        return over();
     }
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return refuse(Refusal::new(
-            413,
-            format!("the body is over {limit} bytes (or broke off)"),
-        ));
-    };
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        let Ok(chunk) = chunk else {
+            return refuse(Refusal::new(400, "the body broke off"));
+        };
+        seen += chunk.len();
+        if seen > drain_cap {
+            break;
+        }
+        if seen <= limit {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    if seen > limit {
+        return over();
+    }
     let events = match parse(&headers, &bytes, ingress.max_batch) {
         Ok(e) => e,
         Err(r) => return refuse(r),
