@@ -5,6 +5,9 @@
 //!   them, and writes a Markdown table of ratios, JSON and an SVG of latency distributions. Its
 //!   `ca` workload compares a CA host checkpointing in that Spine with Caf.js on Redis.
 //!   `--smoke` runs the same code paths with tiny parameters in seconds, for CI.
+//! - `spine-bench orchestration` measures the CA runtime's CloudEvents orchestration (events/s,
+//!   p99 per step at 1,000 orchestrations) and timers (firing lateness at 100,000 pending), each
+//!   beside a peer in the same run (counter turns; tokio timers). `--smoke` for CI.
 //! - `spine-bench propagation` measures only Spine's writer-ack → node-agent latency and the
 //!   agent's memory per followed map.
 //!
@@ -57,6 +60,24 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         memory_maps: usize,
     },
+    /// The CA runtime's CloudEvents orchestration and timers, each beside a peer.
+    Orchestration {
+        /// Tiny parameters, for CI.
+        #[arg(long)]
+        smoke: bool,
+        /// Concurrent orchestrations [full: 1000].
+        #[arg(long)]
+        orchestrations: Option<usize>,
+        /// CAs with timers [full: 10000] (each with --timers-per-ca).
+        #[arg(long)]
+        timer_cas: Option<usize>,
+        /// Timers per CA [full: 10].
+        #[arg(long)]
+        timers_per_ca: Option<usize>,
+        /// Write the figures as JSON here.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 /// mimalloc: the servers allocate small objects at a high rate (messages, JSON values, map
@@ -75,6 +96,34 @@ async fn main() -> ExitCode {
                 updates,
                 memory_maps,
             } => propagation(&agents, updates, memory_maps).await,
+            Command::Orchestration {
+                smoke,
+                orchestrations,
+                timer_cas,
+                timers_per_ca,
+                out,
+            } => {
+                let mut shape = if smoke {
+                    workload::orchestration::Shape::smoke()
+                } else {
+                    workload::orchestration::Shape::full()
+                };
+                if let Some(n) = orchestrations {
+                    shape.orchestrations = n.max(1);
+                }
+                if let Some(n) = timer_cas {
+                    shape.timer_cas = n.max(1);
+                }
+                if let Some(n) = timers_per_ca {
+                    shape.timers_per_ca = n.max(1);
+                }
+                let tmp = tempfile::tempdir()?;
+                let figures = workload::orchestration::run(shape, tmp.path()).await?;
+                if let Some(out) = out {
+                    std::fs::write(&out, serde_json::to_string_pretty(&figures)?)?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
         }
     };
     // On Ctrl-C or SIGTERM the command is dropped, and with it the clusters: their processes

@@ -18,6 +18,13 @@
 //! (`moved` after a conflict, `checkpoint` otherwise), and the next activation loads whatever was
 //! committed. After an idle timeout the activation checkpoints what is left (intents carried
 //! out) and ends; an inactive CA costs no memory.
+//!
+//! Wake-ups: the activation also sleeps until the earliest time its turn plugins want to send
+//! the CA a message of their own ([`TurnPlugin::next_wake`](crate::turn::TurnPlugin), timers),
+//! then takes those messages ([`TurnPlugin::take_due`](crate::turn::TurnPlugin)) and runs them
+//! like any other. A checkpoint whose earliest wake-up the host's wake index does not cover yet
+//! waits for the index to be lowered first, and an activation that ends idle settles the index
+//! ([`crate::wakeups`]), so a CA with timers is activated for them even when nobody calls it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +46,9 @@ use crate::turn::{Call, Checkpoint, Committed, Ids, Message, Working};
 /// Failed attempts after which an intent is parked.
 pub const MAX_INTENT_ATTEMPTS: u32 = 8;
 
+/// After an activation with wake-ups stopped on an error, the host tries again this much later.
+const WAKE_RETRY_MS: u64 = 5_000;
+
 /// What a successful call returns.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reply {
@@ -59,6 +69,8 @@ pub(crate) enum Envelope {
     },
     /// A plugin carried out an intent (or gave up on it).
     IntentFinished { key: String, parked: bool },
+    /// Nothing to run: the host activates the CA for wake-ups due (its timers).
+    Wake,
 }
 
 struct Waiter {
@@ -87,6 +99,11 @@ pub(crate) struct Activation {
     running_intents: usize,
     reader: Reader,
     me: mpsc::WeakSender<Envelope>,
+    /// The earliest wake-up of the working state, as last computed.
+    wake: Option<u64>,
+    /// Wake-ups due before this are not looked at again (a plugin that said something was due
+    /// and then had nothing: not a busy loop).
+    wake_floor: u64,
 }
 
 impl Activation {
@@ -113,6 +130,8 @@ impl Activation {
             running_intents: 0,
             reader,
             me,
+            wake: None,
+            wake_floor: 0,
         }
     }
 
@@ -154,6 +173,13 @@ impl Activation {
         if let Some(e) = &end {
             tracing::warn!(error = %e, code = %e.code, "activation stopped");
             self.fail_all(e);
+            if self.wake.is_some() {
+                // Its timers are still committed: try again a little later.
+                let again = crate::plugins::timers::now_ms() + WAKE_RETRY_MS;
+                self.host
+                    .wakeups
+                    .schedule_at(&self.app_name, &self.ca, Some(again));
+            }
         }
         self.host
             .remove_slot(&self.app_name, &self.ca, self.generation);
@@ -326,6 +352,19 @@ impl Activation {
             }
             let quiet = self.in_flight.is_none() && self.waiters.is_empty();
             let idle_at = tokio::time::Instant::from_std(last_activity + idle);
+            self.wake = {
+                let (app, ca) = self.ids();
+                crate::wakeups::earliest(
+                    &self.host.config.limits.turn_plugins,
+                    Ids { app: &app, ca: &ca },
+                    &working.state.plugins,
+                )
+            };
+            let wake_at = self.wake.map(|at| {
+                let now = crate::plugins::timers::now_ms();
+                let at = at.max(self.wake_floor);
+                tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now))
+            });
             tokio::select! {
                 envelope = rx.recv() => {
                     // Every sender is gone: the host is shutting down.
@@ -353,8 +392,15 @@ impl Activation {
                         Err(e) => return Some(e),
                     }
                 }
+                _ = sleep_until_some(wake_at) => {
+                    last_activity = Instant::now();
+                    if let Err(e) = self.fire_due(&mut working).await {
+                        return Some(e);
+                    }
+                }
                 _ = tokio::time::sleep_until(idle_at), if quiet && self.running_intents == 0 => {
                     if !working.differs_from(&committed) {
+                        self.settle_wakeups(&committed).await;
                         return None;
                     }
                     // Leftovers (intents carried out) go in a last checkpoint first.
@@ -363,6 +409,63 @@ impl Activation {
             }
         }
         None
+    }
+
+    /// Takes what the turn plugins have due now (timers) and runs each as a message; their
+    /// replies go nowhere (the plugin's message has no caller).
+    async fn fire_due(&mut self, working: &mut Working) -> Result<(), CaError> {
+        let now = crate::plugins::timers::now_ms();
+        let (app, ca) = self.ids();
+        let plugins = self.host.config.limits.turn_plugins.clone();
+        let mut messages = Vec::new();
+        for p in &plugins {
+            let state = working
+                .state
+                .plugins
+                .entry(p.name().to_string())
+                .or_insert(Value::Null);
+            messages.extend(p.take_due(Ids { app: &app, ca: &ca }, state, now));
+            if state.is_null() {
+                working.state.plugins.remove(p.name());
+            }
+        }
+        let still =
+            crate::wakeups::earliest(&plugins, Ids { app: &app, ca: &ca }, &working.state.plugins);
+        if messages.is_empty() && still.is_some_and(|at| at <= now) {
+            tracing::warn!(due = ?still, "a plugin had a wake-up due and nothing to run: looking again in a second");
+            self.wake_floor = now + 1000;
+        }
+        for message in messages {
+            let (reply, _unheard) = oneshot::channel();
+            self.handle(
+                working,
+                Envelope::Call {
+                    message,
+                    reply,
+                    arrived: Instant::now(),
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// At a clean end: the wake index and the host's schedule get the committed earliest
+    /// wake-up (or lose the CA).
+    async fn settle_wakeups(&self, committed: &Committed) {
+        let (app, ca) = self.ids();
+        let wakeups = &self.host.wakeups;
+        let due = wake_of(
+            &self.host.config.limits.turn_plugins,
+            Ids { app: &app, ca: &ca },
+            &committed.state,
+        );
+        if due.is_none() && !wakeups.may_hold(&app, &ca) {
+            return;
+        }
+        wakeups
+            .settle(&app, &ca, due, committed.state_map.version())
+            .await;
     }
 
     /// Runs one message (its own pins, taken now: a turn run while a checkpoint is in flight
@@ -416,6 +519,7 @@ impl Activation {
                     arrived,
                 });
             }
+            Envelope::Wake => {}
             Envelope::IntentFinished { key, parked } => {
                 self.running_intents = self.running_intents.saturating_sub(1);
                 if parked {
@@ -456,10 +560,47 @@ impl Activation {
         };
         let turns = self.waiters.len();
         self.host.metrics.turns_per_checkpoint.observe(turns as f64);
-        let rx = self
-            .host
-            .committer
-            .submit(self.app_name.clone(), checkpoint.change_sets.clone());
+        let wake = wake_of(
+            &self.host.config.limits.turn_plugins,
+            Ids { app: &app, ca: &ca },
+            &checkpoint.next.state,
+        );
+        let uncovered = wake.filter(|due| {
+            self.host
+                .wakeups
+                .indexed(&app, &ca)
+                .is_none_or(|e| e.due > *due)
+        });
+        let rx = match uncovered {
+            None => self
+                .host
+                .committer
+                .submit(self.app_name.clone(), checkpoint.change_sets.clone()),
+            Some(due) => {
+                // The wake index must cover the checkpoint before it may commit: a crash
+                // right after the commit must not leave a timer nobody knows of.
+                let (tx, rx) = oneshot::channel();
+                let wakeups = self.host.wakeups.clone();
+                let committer = self.host.committer.clone();
+                let change_sets = checkpoint.change_sets.clone();
+                let version = checkpoint.next.state_map.version();
+                tokio::spawn(async move {
+                    let answer = match wakeups.lower(&app, &ca, due, version).await {
+                        Err(e) => Err(CommitError::Unavailable(format!(
+                            "the wake index could not be written: {e}"
+                        ))),
+                        Ok(()) => committer
+                            .submit(app, change_sets)
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(CommitError::Unavailable("the committer stopped".into()))
+                            }),
+                    };
+                    let _ = tx.send(answer);
+                });
+                rx
+            }
+        };
         self.in_flight = Some(InFlight {
             rx,
             checkpoint,
@@ -604,7 +745,8 @@ impl Activation {
 
 impl Envelope {
     /// Whether this envelope may create the CA it goes to: the system's messages may, and
-    /// clients' only when the caller is the CA's owner.
+    /// clients' only when the caller is the CA's owner; a wake-up never does (the wake index
+    /// names CAs whose checkpoints set timers).
     fn may_create(&self, ca: &CaName) -> bool {
         match self {
             Envelope::Call { message, .. } => match &message.sender {
@@ -612,6 +754,7 @@ impl Envelope {
                 crate::turn::Sender::System { .. } => true,
             },
             Envelope::IntentFinished { .. } => true,
+            Envelope::Wake => false,
         }
     }
 }
@@ -619,6 +762,29 @@ impl Envelope {
 fn fail(envelope: Envelope, e: &CaError) {
     if let Envelope::Call { reply, .. } = envelope {
         let _ = reply.send(Err(e.clone()));
+    }
+}
+
+/// When a CA with this checkpoint must be active: its plugins' earliest wake-up, or now if it
+/// has intents still to carry out (so that a crash between a commit and its effects is
+/// recovered without waiting for a caller).
+fn wake_of(
+    plugins: &[Arc<dyn crate::turn::TurnPlugin>],
+    ids: Ids<'_>,
+    state: &CaState,
+) -> Option<u64> {
+    let wake = crate::wakeups::earliest(plugins, ids, &state.plugins);
+    if state.pending_intents().next().is_some() {
+        let now = crate::plugins::timers::now_ms();
+        return Some(wake.map_or(now, |w| w.min(now)));
+    }
+    wake
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -96,6 +96,31 @@ pub fn registry() -> Result<Registry, components::Error> {
     })?;
     crate::plugins::session::register(&mut r)?;
     crate::web::register(&mut r)?;
+    r.register("ca-runtime#timers", |a: FactoryArgs| async move {
+        crate::plugins::timers::part(&a.env)
+    })?;
+    r.register("ca-runtime#http-client", |a: FactoryArgs| async move {
+        crate::plugins::http::part(&a.env)
+    })?;
+    r.register("ca-runtime#events", |a: FactoryArgs| async move {
+        crate::plugins::events::part(&a.env)
+    })?;
+    r.register("ca-runtime#events-ingress", |a: FactoryArgs| async move {
+        let host = part::<HostPart>(&a, "host")?.0.clone();
+        crate::plugins::events::ingress::part(host, &a.env)
+    })?;
+    r.register("ca-runtime#books", |a: FactoryArgs| async move {
+        Ok::<_, BoxError>(AppPart {
+            name: AppName::parse(a.name())?,
+            app: Arc::new(crate::apps::books::Books),
+        })
+    })?;
+    r.register("ca-runtime#alarm", |a: FactoryArgs| async move {
+        Ok::<_, BoxError>(AppPart {
+            name: AppName::parse(a.name())?,
+            app: Arc::new(crate::apps::alarm::Alarm),
+        })
+    })?;
     r.register("ca-runtime#counter", |a: FactoryArgs| async move {
         let version = semver::Version::parse(&str_of(&a.env, "state_version")?)
             .map_err(|e| format!("state_version: {e}"))?;
@@ -371,7 +396,12 @@ fn placement(a: &FactoryArgs) -> Result<PlacementPart, BoxError> {
     if partitions == 0 {
         return Err("env partitions must be at least 1".into());
     }
+    let http = match opt_str(&a.env, "http_advertise")? {
+        Some(h) => Some(h),
+        None => opt_str(&a.env, "http_listen")?,
+    };
     let config = PlacementConfig {
+        http,
         host_id: opt_str(&a.env, "host_id")?.unwrap_or_else(|| addr.clone()),
         addr,
         partitions,
@@ -439,6 +469,9 @@ fn host(a: &FactoryArgs) -> Result<HostPart, BoxError> {
         Some(other) => {
             return Err(format!("env rules must map apps to lists of rules, not {other}").into());
         }
+    }
+    if a.env.contains_key("wake_scan_ms") {
+        config.wake_scan = Duration::from_millis(u64_of(&a.env, "wake_scan_ms")?.max(10));
     }
     let host = Host::new(
         spine.client.clone(),
@@ -597,12 +630,18 @@ mod tests {
                 "log",
                 "session-listeners",
                 "session",
+                "timers",
+                "http-client",
+                "events",
                 "demo-counter",
                 "scripted",
+                "demo-books",
+                "demo-timers",
                 "placement",
                 "host",
                 "endpoint",
                 "web",
+                "events-ingress",
                 "http"
             ],
             "parts are created in order: each after the parts it uses"

@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::placement::{Placement, Route};
 use crate::plugins::{Courier, Plugins};
 use crate::turn::{Call, Message, Sender, TurnPlugin, TurnRules};
+use crate::wakeups::{DEFAULT_PARTITIONS, Wakeups};
 
 /// The prefix of system methods, which no client may call.
 pub const SYSTEM_PREFIX: &str = "__ca_";
@@ -39,6 +40,8 @@ pub struct HostConfig {
     pub committer: CommitterConfig,
     /// Who besides a CA's owner may call it, by app (none listed: owners only).
     pub access: crate::access::Access,
+    /// How often the host looks for partitions with wake-ups (timers) that no live host holds.
+    pub wake_scan: Duration,
 }
 
 impl Default for HostConfig {
@@ -51,6 +54,7 @@ impl Default for HostConfig {
             mailbox: 1024,
             committer: CommitterConfig::default(),
             access: Default::default(),
+            wake_scan: Duration::from_secs(2),
         }
     }
 }
@@ -82,6 +86,8 @@ pub(crate) struct HostInner {
     /// The node agent activations read other maps and aggregates through (`None`: reads fail
     /// with a clear error).
     pub(crate) agent: Option<node_agent::Agent>,
+    /// Which CAs must be activated for their wake-ups (timers), here and in the Spine.
+    pub(crate) wakeups: Arc<Wakeups>,
     placement: Option<Arc<Placement>>,
     apps: BTreeMap<AppName, Arc<dyn App>>,
     /// Where apps not compiled in are found (set once, before serving).
@@ -134,6 +140,11 @@ impl Host {
             .intent_plugins
             .extend(plugins.names().map(str::to_string));
         config.limits.turn_plugins.extend(turn_plugins);
+        let partitions = placement
+            .as_ref()
+            .map_or(DEFAULT_PARTITIONS, |p| p.config().partitions);
+        let wakeups = Wakeups::start(client.clone(), partitions);
+        let wake_scan = config.wake_scan;
         let inner = Arc::new(HostInner {
             config,
             client,
@@ -141,6 +152,7 @@ impl Host {
             plugins,
             metrics,
             agent,
+            wakeups: wakeups.clone(),
             placement,
             apps: apps.into_iter().collect(),
             resolver: std::sync::OnceLock::new(),
@@ -150,6 +162,12 @@ impl Host {
         if let Some(placement) = inner.placement.clone() {
             tokio::spawn(renew_leases(Arc::downgrade(&inner), placement));
         }
+        tokio::spawn(crate::wakeups::drive(
+            Arc::downgrade(&inner),
+            wakeups,
+            inner.placement.clone(),
+            wake_scan,
+        ));
         Self { inner }
     }
 
@@ -170,6 +188,12 @@ impl Host {
         }
     }
 
+    /// Where the host holding a CA's partition serves HTTP (`None`: unknown, or no placement).
+    pub fn holder_http(&self, app: &AppName, ca: &CaName) -> Option<String> {
+        let p = self.inner.placement.as_ref()?;
+        p.holder_http(p.partition(app, ca))
+    }
+
     /// Forgets who holds a CA's partition (its holder did not answer).
     pub fn forget_route(&self, app: &AppName, ca: &CaName) {
         if let Some(p) = &self.inner.placement {
@@ -185,6 +209,11 @@ impl Host {
     /// The apps it serves.
     pub fn apps(&self) -> Vec<AppName> {
         self.inner.apps.keys().cloned().collect()
+    }
+
+    /// CAs this host will activate for their wake-ups (timers) when they are due.
+    pub fn scheduled_wakeups(&self) -> usize {
+        self.inner.wakeups.scheduled()
     }
 
     /// Active CAs.
@@ -388,6 +417,27 @@ impl HostInner {
         }
     }
 
+    /// Activates a CA of a partition held here for its wake-ups, unless it is active.
+    pub(crate) fn wake(self: Arc<Self>, app: AppName, ca: CaName) {
+        if !self.apps.contains_key(&app) {
+            return;
+        }
+        if let Some(p) = &self.placement
+            && p.known_route(p.partition(&app, &ca)) != Some(Route::Local)
+        {
+            return;
+        }
+        let active = {
+            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots
+                .get(&(app.clone(), ca.clone()))
+                .is_some_and(|s| !s.tx.is_closed())
+        };
+        if !active {
+            tokio::spawn(self.route(app, ca, Envelope::Wake));
+        }
+    }
+
     /// Routes an envelope from an activation that ended before running it.
     pub(crate) fn redispatch(self: Arc<Self>, app: AppName, ca: CaName, envelope: Envelope) {
         tokio::spawn(self.route(app, ca, envelope));
@@ -431,6 +481,7 @@ impl HostInner {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let before = slots.len();
         slots.retain(|(app, ca), _| placement.partition(app, ca) != p);
+        self.wakeups.forget_partition(p);
         tracing::warn!(
             partition = p,
             ended = before - slots.len(),

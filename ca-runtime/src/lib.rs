@@ -11,6 +11,8 @@
 //! - [`host`]: routing calls to activations; [`placement`]: which host serves a CA (partition
 //!   leases in the Spine); [`service`]: the `ca.v1` gRPC endpoint, forwarding to the holder.
 //! - [`clients`]: what the client endpoints share: callers from tokens, listening, inspection.
+//! - [`wakeups`]: the host's wake index: which CAs to activate for their timers, per partition
+//!   in the Spine, so that an inactive CA costs no activation.
 //! - [`reads`]: the read-only half of the `sharing` plugin: other writers' maps and aggregates
 //!   through the node agent, pinned once per message ([`reads::Pins`]).
 //! - [`plugins`]: plugins: [`turn::TurnPlugin`]s take part in every turn over checkpointed state
@@ -40,6 +42,7 @@ pub mod reads;
 pub mod scripted;
 pub mod service;
 pub mod turn;
+pub mod wakeups;
 pub mod web;
 
 pub use activation::Reply;

@@ -114,6 +114,22 @@ struct ServeArgs {
     /// upgrades: CAs checkpointed by another version upgrade at their next message, or refuse.
     #[arg(long, value_name = "APP=VERSION")]
     state_version: Vec<String>,
+    /// Give an app a pulse (`demo-timers=500`): its CAs get `__ca_pulse__` every that many
+    /// milliseconds (the `timers` plugin's env `pulse_ms`).
+    #[arg(long, value_name = "APP=MS")]
+    pulse: Vec<String>,
+    /// How often the host looks for partitions with due timers that no live host holds
+    /// [CA_WAKE_SCAN_MS; default 2000].
+    #[arg(long)]
+    wake_scan_ms: Option<u64>,
+    /// Send the events an app emits (cmd.*, evt.*, notif.*) to this URL (`demo-books=URL`;
+    /// replaces the description's sinks of that app).
+    #[arg(long, value_name = "APP=URL")]
+    sink: Vec<String>,
+    /// Let an app's http requests go to URLs under this prefix (`demo-books=http://HOST:PORT/`;
+    /// replaces the description's destinations of that app; repeat for several).
+    #[arg(long, value_name = "APP=URL")]
+    allow: Vec<String>,
 }
 
 impl ServeArgs {
@@ -193,6 +209,48 @@ impl ServeArgs {
                 bail!("--state-version {spec:?}: the host description has no app {app:?}");
             }
             set(app, "state_version", json!(version));
+        }
+        if let Some(v) = self.wake_scan_ms {
+            set("host", "wake_scan_ms", json!(v));
+        }
+        let mut pulses = Map::new();
+        for spec in &self.pulse {
+            let Some((app, ms)) = spec.split_once('=') else {
+                bail!("--pulse {spec:?}: expected APP=MS");
+            };
+            let ms: u64 = ms
+                .parse()
+                .with_context(|| format!("--pulse {spec:?}: {ms:?} is not milliseconds"))?;
+            pulses.insert(app.to_string(), json!(ms));
+        }
+        let mut sinks = Map::new();
+        for spec in &self.sink {
+            let Some((app, url)) = spec.split_once('=') else {
+                bail!("--sink {spec:?}: expected APP=URL");
+            };
+            sinks.insert(
+                app.to_string(),
+                json!({"cmd.": url, "evt.": url, "notif.": url}),
+            );
+        }
+        if !sinks.is_empty() {
+            set("events", "sinks", Value::Object(sinks));
+        }
+        let mut allow: Map<String, Value> = Map::new();
+        for spec in &self.allow {
+            let Some((app, url)) = spec.split_once('=') else {
+                bail!("--allow {spec:?}: expected APP=URL");
+            };
+            let list = allow.entry(app.to_string()).or_insert_with(|| json!([]));
+            if let Some(list) = list.as_array_mut() {
+                list.push(json!(url));
+            }
+        }
+        if !allow.is_empty() {
+            set("http-client", "allow", Value::Object(allow));
+        }
+        if !pulses.is_empty() {
+            set("timers", "pulse_ms", Value::Object(pulses));
         }
         for (component, _) in &parts {
             if description.child(component).is_none() {

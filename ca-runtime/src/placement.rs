@@ -61,6 +61,9 @@ pub struct Lease {
     pub epoch: u64,
     /// Until when (Unix milliseconds) the holder may serve the partition.
     pub expires_unix_ms: u64,
+    /// Where the holder serves HTTP (event ingress), if it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
 }
 
 /// Where a call goes.
@@ -100,6 +103,7 @@ impl Lease {
                 addr: addr.to_string(),
                 epoch,
                 expires_unix_ms: now_ms + lease_ms,
+                http: None,
             })
         };
         match current {
@@ -131,6 +135,9 @@ pub struct PlacementConfig {
     pub partitions: u32,
     /// How long a lease lasts.
     pub lease: Duration,
+    /// Where this host serves HTTP, as other hosts reach it (recorded in its leases, so that
+    /// events reach the holder of a CA's partition).
+    pub http: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -184,7 +191,12 @@ impl Placement {
 
     /// Where calls of CA `ca` of `app` go, taking its partition if it is free.
     pub async fn route(&self, app: &AppName, ca: &CaName) -> Result<Route, CaError> {
-        let p = self.partition(app, ca);
+        self.claim(self.partition(app, ca)).await
+    }
+
+    /// Where calls of partition `p` go, taking it if it is free: a host that finds work there
+    /// (CAs with due timers) claims it without waiting for a call.
+    pub async fn claim(&self, p: u32) -> Result<Route, CaError> {
         if let Some(route) = self.known_route(p) {
             return Ok(route);
         }
@@ -199,8 +211,9 @@ impl Placement {
         self.settle(p).await
     }
 
-    /// What is known may decide: our own lease with time left, another's still running.
-    fn known_route(&self, p: u32) -> Option<Route> {
+    /// What is known may decide: our own lease with time left, another's still running
+    /// (`None`: unknown, free or expired).
+    pub fn known_route(&self, p: u32) -> Option<Route> {
         let k = self.known(p)?;
         let lease_ms = self.config.lease.as_millis() as u64;
         match Lease::decide(
@@ -214,6 +227,11 @@ impl Placement {
             Decision::Forward(addr) => Some(Route::Remote(addr)),
             Decision::Take(_) => None,
         }
+    }
+
+    /// Where the holder of partition `p` serves HTTP, as far as its known lease says.
+    pub fn holder_http(&self, p: u32) -> Option<String> {
+        self.known(p).and_then(|k| k.lease.http)
     }
 
     /// Forgets what is known of partition `p` (its holder did not answer).
@@ -314,7 +332,8 @@ impl Placement {
                 self.lock().insert(p, Known { lease });
                 Ok(route)
             }
-            Decision::Take(lease) => {
+            Decision::Take(mut lease) => {
+                lease.http = self.config.http.clone();
                 let id = UpdateId::parse(&format!(
                     "lease-{}-{}-{}",
                     self.config.host_id, lease.epoch, lease.expires_unix_ms
@@ -362,6 +381,7 @@ mod tests {
             addr: format!("{holder}:1"),
             epoch,
             expires_unix_ms: expires,
+            http: None,
         }
     }
 

@@ -46,6 +46,8 @@ impl Default for TurnRules {
 /// What a turn did, for plugins to judge at prepare.
 #[derive(Debug)]
 pub struct TurnEffects<'a> {
+    /// Whose turn it is.
+    pub ids: Ids<'a>,
     /// The CA's state after the method.
     pub state: &'a serde_json::Map<String, Value>,
     /// The intents recorded since the last checkpoint, this turn's last.
@@ -66,8 +68,28 @@ pub trait TurnPlugin: Send + Sync + std::fmt::Debug + 'static {
     fn resume(&self, _state: &mut Value) -> Result<(), String> {
         Ok(())
     }
+    /// Whether `message` runs at all: `Some(reply)` answers it with `reply` and runs nothing
+    /// (a repeat of a message the plugin already took, such as a duplicate event). Asked before
+    /// any plugin's `begin`.
+    fn admit(&self, _state: &Value, _message: &Message) -> Option<Value> {
+        None
+    }
     /// Before the method runs, with the message it will run.
     fn begin(&self, _state: &mut Value, _message: &Message) {}
+    /// When (Unix milliseconds) the plugin next sends the CA a message of its own (a timer),
+    /// given its state: the activation wakes then to call [`TurnPlugin::take_due`], and the host
+    /// keeps this time in its wake index so that a CA nobody calls is activated for it
+    /// ([`crate::wakeups`]).
+    fn next_wake(&self, _ids: Ids<'_>, _state: &Value) -> Option<u64> {
+        None
+    }
+    /// At `now_ms` (Unix milliseconds): takes from the plugin's state what is due and returns
+    /// the messages to run, in order. Runs between turns: what it takes is gone even if a
+    /// message's turn then fails (as a completed intent is, so a failing handler is not fed
+    /// forever), and joins the next checkpoint together with the messages' effects.
+    fn take_due(&self, _ids: Ids<'_>, _state: &mut Value, _now_ms: u64) -> Vec<Message> {
+        Vec::new()
+    }
     /// After the method returned: an error refuses the turn (a prepare failure, retryable).
     fn prepare(&self, _state: &Value, _turn: &TurnEffects<'_>) -> Result<(), String> {
         Ok(())
@@ -279,6 +301,12 @@ impl Working {
             // Its intent was completed by an earlier delivery: this one is a repeat.
             return Ok(Value::Null);
         }
+        for p in &rules.turn_plugins {
+            let state = self.state.plugins.get(p.name()).unwrap_or(&Value::Null);
+            if let Some(reply) = p.admit(state, message) {
+                return Ok(reply);
+            }
+        }
         let target = app.version_for(reads)?;
         let upgrade_from = self
             .state
@@ -468,6 +496,7 @@ impl Working {
                 .map_err(|e| CaError::prepare(format!("map {}-{local}: {e}", ids.ca)))?;
         }
         let effects = TurnEffects {
+            ids,
             state: &self.state.state,
             intents: &self.new_intents,
         };

@@ -737,6 +737,7 @@ pub async fn get_map(
 }
 
 pub mod ca;
+pub mod fleet;
 pub mod reflection;
 
 /// Helpers to build requests.

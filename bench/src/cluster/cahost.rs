@@ -19,6 +19,8 @@ pub struct CaHostTarget {
     pub endpoint: String,
     /// Where its Prometheus metrics are served.
     pub metrics: String,
+    /// Its HTTP port (event ingress).
+    pub http: String,
     /// The host process.
     pub procs: ServerProcs,
 }
@@ -38,6 +40,15 @@ impl CaHostTarget {
     /// Starts `ca-host serve` (this build profile's) with its files under `dir`, checkpointing
     /// in `spine`, and waits until a call of the counter app answers.
     pub async fn start(spine: &SpineTarget, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(spine, dir, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with more `ca-host serve` arguments.
+    pub async fn start_with(
+        spine: &SpineTarget,
+        dir: &Path,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let bin = spine_tests::bin("ca-host")?;
         std::fs::create_dir_all(dir)?;
         let (endpoint, metrics, http) = (free_addr()?, free_addr()?, free_addr()?);
@@ -50,6 +61,7 @@ impl CaHostTarget {
             .args(["--metrics-listen", &metrics])
             .arg("--intent-log")
             .arg(dir.join("intents.log"))
+            .args(extra)
             .env("RUST_LOG", "warn");
         if let Some(token) = &spine.token {
             cmd.env("CA_SPINE_TOKEN", token);
@@ -59,6 +71,7 @@ impl CaHostTarget {
         let target = Self {
             endpoint,
             metrics,
+            http,
             procs,
         };
         let client = target.client().await?;

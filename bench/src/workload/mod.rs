@@ -6,6 +6,7 @@ pub mod ca;
 pub mod catchup;
 pub mod fanout;
 pub mod notify;
+pub mod orchestration;
 pub mod propagation;
 pub mod write;
 pub mod write_batch;

@@ -1,3 +1,5 @@
 //! The example apps every host serves by default.
 
+pub mod alarm;
+pub mod books;
 pub mod counter;

@@ -7,7 +7,7 @@
 //!   [`Message::completes`](crate::turn::Message) naming the intent, so the answer is taken
 //!   exactly once).
 //!
-//! One file (or folder) per plugin: [`log`], [`session`].
+//! One file (or folder) per plugin: [`log`], [`session`], [`timers`], [`http`], [`events`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,8 +20,11 @@ use crate::activation::Reply;
 use crate::checkpoint::Intent;
 use crate::turn::Message;
 
+pub mod events;
+pub mod http;
 pub mod log;
 pub mod session;
+pub mod timers;
 
 pub use log::LogPlugin;
 
