@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use authz_aggregate::{Constraints, RootKey, issue};
-use ca_client::{CaClient, ErrorCode, MethodCall};
+use ca_client::{CaClient, ErrorCode, MethodCall, Target};
+use futures::StreamExt;
 use serde_json::{Value, json};
 use sharing_map::{AppName, CaName, MapName};
 use spine_tests::ca::CaHost;
@@ -655,6 +656,18 @@ async fn the_shop_takes_each_request_once_across_retries_and_a_host_kill() -> an
     assert_eq!(order["total"], json!(2 * 3 + 2 + 7), "{order}");
     assert_eq!(call(&client, "checkout", vec![json!("r5")]).await?, order);
     assert_eq!(call(&client, "orders", vec![]).await?, json!([order]));
+    // The checkout notified the client's session once (this.session), the repeat did not.
+    let mut heard = client.listen(&Target::new(APP, ca), 0).await?;
+    let first = tokio::time::timeout(Duration::from_secs(20), heard.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the notification stream ended"))??;
+    assert_eq!(first.args, json!(["ordered", "r5", order["total"]]));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), heard.next())
+            .await
+            .is_err(),
+        "one notification only"
+    );
     // The order left once, after its turn committed.
     eventually("the order to leave", Duration::from_secs(20), || {
         let lines = host.intent_lines();

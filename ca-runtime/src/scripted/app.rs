@@ -179,6 +179,7 @@ impl App for ScriptedApp {
 mod tests {
     use super::*;
     use crate::checkpoint::CaState;
+    use crate::plugins::session::{Bounds, SessionPlugin, SessionTable};
     use crate::turn::{Call, Committed, Ids, Message, TurnRules, Working};
     use code_map::{Manifest, Package, Published};
     use sharing_map::{CaName, ChangeSet, MethodLimits, SharingMap, Snapshot, UpdateId};
@@ -226,6 +227,11 @@ fn spin() { loop {} }
 fn half() { let i = 0; while i < 12000 { i += 1; } i }
 fn log(text) { this.log.append(text); this.state.count }
 private fn helper() { 1 }
+fn shout(text) { this.session.notify([text]); this.session.outq().len() }
+fn start() { this.session.begin() }
+fn buy(nonce, item) { if !this.session.remember(nonce, item) { throw app_error("stale"); } item }
+fn finish(nonce) { this.session.end(nonce) }
+fn sessions() { [this.session.session_id(), this.session.all_session_ids()] }
 fn __ca_upgrade__(from, to) {
     if from.starts_with("2.") { this.state.count = this.state.clicks; this.state.remove("clicks"); }
     this.state.upgrades += 1;
@@ -262,6 +268,10 @@ fn __ca_upgrade__(from, to) {
             };
             let mut rules = TurnRules::default();
             rules.intent_plugins.insert("log".into());
+            rules.turn_plugins.push(SessionPlugin::new(
+                Bounds::default(),
+                crate::plugins::session::Listeners::new(),
+            ));
             let names = (
                 AppName::parse(APP).expect("app"),
                 CaName::parse("alice-phone").expect("ca"),
@@ -408,5 +418,48 @@ fn __ca_upgrade__(from, to) {
         assert_eq!(f.working.new_intents.len(), 1);
         let _ = f.send(&v[0], &[("log", json!(["lost"])), ("refuse", json!([]))]);
         assert_eq!(f.working.new_intents.len(), 1);
+    }
+
+    #[test]
+    fn scripts_reach_the_session_plugin_through_this_session() {
+        let v = code_map(&[("1.0.0", V1, json!({}))]);
+        let mut f = Fixture::new(&v[0], MethodLimits::default());
+        // Notifications join the queue when the turn ends: a turn sees the ones before it.
+        assert_eq!(f.send(&v[0], &[("shout", json!(["a"]))]), Ok(json!(0)));
+        assert_eq!(
+            f.send(&v[0], &[("shout", json!(["b"])), ("shout", json!(["c"]))]),
+            Ok(json!(1))
+        );
+        let _ = f.send(&v[0], &[("shout", json!(["lost"])), ("refuse", json!([]))]);
+        let table = SessionTable::from_value(&f.working.state.plugins["session"]).expect("table");
+        let queued: Vec<Value> = table.outq("default").into_iter().map(|n| n.args).collect();
+        assert_eq!(queued, vec![json!(["a"]), json!(["b"]), json!(["c"])]);
+        assert_eq!(
+            f.send(&v[0], &[("sessions", json!([]))]),
+            Ok(json!(["default", ["default"]]))
+        );
+        // Exactly-once instances: the nonce holds from the next turn; a stale one is refused.
+        let begun = f.send(&v[0], &[("start", json!([]))]).expect("begin");
+        assert_eq!(begun["memento"], Value::Null);
+        let nonce = begun["nonce"].clone();
+        assert_eq!(
+            f.send(&v[0], &[("buy", json!([nonce, "apple"]))]),
+            Ok(json!("apple"))
+        );
+        let e = f
+            .send(&v[0], &[("buy", json!(["stale", "pear"]))])
+            .expect_err("stale");
+        assert_eq!(e.code, ca_client::ErrorCode::AppError);
+        let again = f.send(&v[0], &[("start", json!([]))]).expect("begin");
+        assert_eq!(again["memento"], json!("apple"));
+        let nonce = again["nonce"].clone();
+        assert_eq!(
+            f.send(&v[0], &[("finish", json!([nonce]))]),
+            Ok(json!(true))
+        );
+        assert_eq!(
+            f.send(&v[0], &[("start", json!([]))]).expect("begin")["memento"],
+            Value::Null
+        );
     }
 }

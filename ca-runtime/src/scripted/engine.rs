@@ -109,6 +109,7 @@ impl ScriptEngine {
             std::mem::take(cx.maps),
             std::mem::take(cx.intents),
             std::mem::take(cx.plugins),
+            cx.sender.clone(),
         ));
         let this = self.this(program, cx, &turn);
         let mut this = match this {

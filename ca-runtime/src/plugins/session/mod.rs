@@ -207,18 +207,35 @@ impl TurnPlugin for SessionPlugin {
 /// `Sessions::of(cx).notify(json!(["hello"]), "phone")`. Effects take place when the turn ends
 /// and commit with it; reads see the sessions as the turns before left them.
 #[derive(Debug)]
-pub struct Sessions<'c, 'a> {
-    cx: &'c mut Cx<'a>,
+pub struct Sessions<'c> {
+    /// The plugin's checkpointed state (`None`: the host has no session plugin).
+    state: Option<&'c mut Value>,
+    sender: &'c Sender,
 }
 
-impl<'c, 'a> Sessions<'c, 'a> {
+impl<'c> Sessions<'c> {
     /// The sessions of the CA whose method runs.
-    pub fn of(cx: &'c mut Cx<'a>) -> Self {
-        Self { cx }
+    pub fn of(cx: &'c mut Cx<'_>) -> Self {
+        Self {
+            state: cx.plugins.get_mut(NAME),
+            sender: cx.sender,
+        }
+    }
+
+    /// The sessions in turn plugins' `states`, for a message from `sender` (scripted apps reach
+    /// them this way, outside a [`Cx`]).
+    pub fn over(
+        states: &'c mut std::collections::BTreeMap<String, Value>,
+        sender: &'c Sender,
+    ) -> Self {
+        Self {
+            state: states.get_mut(NAME),
+            sender,
+        }
     }
 
     fn state(&mut self) -> MethodResult<&mut Value> {
-        self.cx.plugin(NAME).ok_or_else(|| {
+        self.state.as_deref_mut().ok_or_else(|| {
             MethodError::Failed(
                 "this host has no session plugin (component `session` in the host's plugins)"
                     .into(),
@@ -228,7 +245,7 @@ impl<'c, 'a> Sessions<'c, 'a> {
 
     /// The session of the message this method runs for (`None`: the system sent it).
     pub fn session_id(&self) -> Option<String> {
-        self.cx.sender().session().map(str::to_string)
+        self.sender.session().map(str::to_string)
     }
 
     fn session_or_current(&self, session: Option<&str>) -> MethodResult<String> {

@@ -5,13 +5,14 @@
 //! | `this.state` | the CA's state, an object map: read and write it; checkpointed with the turn, rolled back if the turn fails |
 //! | `this.scratch` | memory only: lost when the CA deactivates, kept across failed turns |
 //! | `this.ca`, `this.app` | the CA's and the app's names |
-//! | `this.sender` | who sent the message: `#{kind: "client", session: "default"}` or `#{kind: "system", by: "timers"}` |
+//! | `this.sender` | who sent the message: `#{kind: "client", session: "default", caller: "alice-phone"}` or `#{kind: "system", by: "timers"}` |
 //! | `this.code` | the code version the message runs on: `version`, `state_version`, `digest`, its data entries (`get(name)`, `get(name, field)`, `keys()`) |
 //! | `this.sharing` | the `sharing` plugin: other writers' maps and aggregates as pinned for the message, and the CA's own writable maps ([`sharing`]) |
 //! | `this.log` | the `log` plugin: `append(value)` records an intent, carried out once after commit ([`log`]) |
+//! | `this.session` | the `session` plugin: notifications to the CA's sessions, their queues, exactly-once instances (`begin`, `remember`, `end`) ([`session`]) |
 //!
 //! Every plugin is a property of `this` named after it, whose functions are methods of a Rhai
-//! type of its own. Adding one (sessions, timers, HTTP calls, events) is a file here with a
+//! type of its own. Adding one (timers, HTTP calls, events) is a file here with a
 //! [`ScriptPlugin`] and one line in [`plugins`]: its functions reach the turn through a
 //! [`TurnRef`] (the CA's pinned reads, writable maps, intents and plugins' checkpointed states),
 //! so what they do commits or rolls back with the turn.
@@ -25,8 +26,10 @@ use sharing_map::{AppName, CaName, Transaction};
 
 use crate::app::NewIntent;
 use crate::reads::Pins;
+use crate::turn::Sender;
 
 pub mod log;
+pub mod session;
 pub mod sharing;
 
 /// A plugin's part of `this`.
@@ -41,7 +44,11 @@ pub trait ScriptPlugin: Send + Sync + std::fmt::Debug + 'static {
 
 /// The plugins scripts reach through `this`, in order.
 pub fn plugins() -> Vec<Box<dyn ScriptPlugin>> {
-    vec![Box::new(sharing::SharingApi), Box::new(log::LogApi)]
+    vec![
+        Box::new(sharing::SharingApi),
+        Box::new(log::LogApi),
+        Box::new(session::SessionApi),
+    ]
 }
 
 /// What a call's plugin functions work on: the parts of the turn they may touch, moved out of
@@ -60,6 +67,8 @@ pub struct TurnSide {
     pub intents: Vec<NewIntent>,
     /// Turn plugins' checkpointed states.
     pub plugins: BTreeMap<String, Value>,
+    /// Who sent the message.
+    pub sender: Sender,
     open: bool,
 }
 
@@ -98,6 +107,7 @@ impl TurnRef {
             maps: std::mem::take(&mut side.maps),
             intents: std::mem::take(&mut side.intents),
             plugins: std::mem::take(&mut side.plugins),
+            sender: side.sender.clone(),
             open: false,
         }
     }
@@ -112,6 +122,7 @@ impl TurnSide {
         maps: BTreeMap<String, Transaction>,
         intents: Vec<NewIntent>,
         plugins: BTreeMap<String, Value>,
+        sender: Sender,
     ) -> Self {
         Self {
             ca,
@@ -120,6 +131,7 @@ impl TurnSide {
             maps,
             intents,
             plugins,
+            sender,
             open: false,
         }
     }
