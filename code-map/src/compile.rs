@@ -34,18 +34,7 @@ pub const BUDGET_MARKER: &str = "__ca_operations_budget__";
 
 /// The sandboxed engine scripts compile and run on, before the runtime registers its API.
 pub fn sandbox(limits: &MethodLimits) -> Engine {
-    let mut engine = Engine::new();
-    engine
-        .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new())
-        .set_max_operations(limits.max_operations)
-        .set_max_call_levels(limits.max_call_levels)
-        .set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth)
-        .set_max_string_size(limits.max_string_bytes)
-        .set_max_array_size(limits.max_array_len)
-        .set_max_map_size(limits.max_map_len)
-        .on_print(|_| {})
-        .on_debug(|_, _, _| {});
-    engine.disable_symbol("eval");
+    let mut engine = sharing_map::sandbox(limits);
     // `app_error(message)` builds what a script throws to refuse a call.
     engine.register_fn("app_error", |message: rhai::Dynamic| {
         let mut m = rhai::Map::new();

@@ -65,7 +65,7 @@ pub use change_set::{ChangeSet, Limits, MAX_UPDATE_ID_LEN, UpdateId};
 pub use entry::{Entry, Json, Method};
 pub use error::{ApplyError, CodecError, Error, LimitError, MethodError, NameError};
 pub use map::{Applied, MapDump, SharingMap};
-pub use methods::{MethodLimits, MethodRuntime};
+pub use methods::{MethodLimits, MethodRuntime, sandbox};
 pub use name::{AppName, CaName, MAX_NAME_LEN, MIN_USER_LEN, MapKey, MapName, PRIVATE_STATE_MAP};
 pub use transaction::Transaction;
 pub use window::{DeltaOutcome, Snapshot, VersionWindow};

@@ -79,21 +79,28 @@ impl Default for MethodRuntime {
     }
 }
 
+/// A Rhai engine with the methods' sandbox: no modules, no `eval`, no output, and `limits`.
+/// Map methods run on it, and so do scripted CA apps (`code-map`), each adding its own API.
+pub fn sandbox(limits: &MethodLimits) -> Engine {
+    let mut engine = Engine::new();
+    engine
+        .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new())
+        .set_max_operations(limits.max_operations)
+        .set_max_call_levels(limits.max_call_levels)
+        .set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth)
+        .set_max_string_size(limits.max_string_bytes)
+        .set_max_array_size(limits.max_array_len)
+        .set_max_map_size(limits.max_map_len)
+        .on_print(|_| {})
+        .on_debug(|_, _, _| {});
+    engine.disable_symbol("eval");
+    engine
+}
+
 impl MethodRuntime {
     /// A runtime enforcing `limits`.
     pub fn new(limits: MethodLimits) -> Self {
-        let mut engine = Engine::new();
-        engine
-            .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new())
-            .set_max_operations(limits.max_operations)
-            .set_max_call_levels(limits.max_call_levels)
-            .set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth)
-            .set_max_string_size(limits.max_string_bytes)
-            .set_max_array_size(limits.max_array_len)
-            .set_max_map_size(limits.max_map_len)
-            .on_print(|_| {})
-            .on_debug(|_, _, _| {});
-        engine.disable_symbol("eval");
+        let mut engine = sandbox(&limits);
         engine
             .register_type_with_name::<MapView>("SharingMap")
             .register_fn("get", value_of)
