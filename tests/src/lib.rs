@@ -122,10 +122,31 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, for a server a test starts later.
+///
+/// It is chosen at random below the kernel's ephemeral range, never from it: an ephemeral port
+/// freed here could be handed to another test's outgoing connection (or `bind(0)`) before the
+/// server binds it, and the server would then fail to start. Below the range only another test's
+/// `free_port` can race for it.
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    use rand::Rng;
+    let low = ephemeral_low().saturating_sub(1).max(10_001);
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(10_000..low);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port below {low} after 1000 tries")
+}
+
+/// The lowest port the kernel hands out for `bind(0)` and `connect` (Linux; 32768 elsewhere).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Polls `check` until it returns `Some`, or fails after `deadline` with `what` in the error.
@@ -354,7 +375,9 @@ impl Cluster {
         for id in 1..=n {
             c.spawn(id)?;
         }
-        c.wait_for_leader(Duration::from_secs(20)).await?;
+        if let Err(e) = c.wait_for_leader(Duration::from_secs(20)).await {
+            return Err(e.context(c.describe_nodes()));
+        }
         Ok(c)
     }
 
@@ -691,6 +714,28 @@ impl Cluster {
     }
 
     /// The last lines of a node's log, for failure messages.
+    /// Each node's process state and log tail, for an error that needs them.
+    fn describe_nodes(&mut self) -> String {
+        let mut out = String::from("the nodes:");
+        let ids = self.ids();
+        for id in ids {
+            let state = match self.nodes.get_mut(&id).and_then(|n| n.child.as_mut()) {
+                None => "not running".to_string(),
+                Some(child) => match child.try_wait() {
+                    Ok(None) => "running".to_string(),
+                    Ok(Some(status)) => format!("exited ({status})"),
+                    Err(e) => format!("unknown ({e})"),
+                },
+            };
+            out.push_str(&format!(
+                "\n---- node {id} at {}: {state}; log (tail) ----\n{}",
+                self.endpoint(id),
+                self.log_tail(id, 40)
+            ));
+        }
+        out
+    }
+
     pub fn log_tail(&self, id: u64, lines: usize) -> String {
         let Some(n) = self.nodes.get(&id) else {
             return String::new();
