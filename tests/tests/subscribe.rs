@@ -249,9 +249,15 @@ async fn a_learner_catches_up_by_snapshot_and_serves_subscriptions() -> anyhow::
     );
     let converged = cluster.wait_converged(Duration::from_secs(30)).await?;
     assert_eq!(converged.maps, 1);
+    let learner_log = cluster.log_tail(4, 200);
     assert!(
-        cluster.log_tail(4, 200).contains("installed a snapshot"),
+        learner_log.contains("installed a snapshot"),
         "the learner did not catch up by snapshot"
+    );
+    // It knows the group it joined: every membership change after the snapshot applied.
+    assert!(
+        !learner_log.contains("membership change not applied"),
+        "{learner_log}"
     );
     // It serves subscriptions from its own applied state.
     let mut learner = cluster.raw(4).await?;

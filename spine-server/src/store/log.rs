@@ -20,6 +20,13 @@ use crate::state::State;
 /// The first request number no life of this node has reserved yet.
 const REQUEST_FLOOR: &[u8] = b"rq";
 
+/// Where a founding member's new log starts: a snapshot position (index 1, term 1) holding the
+/// founding configuration, not an entry. The configuration is nowhere in the entries, so a node
+/// that joins later must never replay them from the start (it would apply the first membership
+/// change to an empty configuration and refuse it): with index 1 never an entry, a joiner's log
+/// (empty) can only be caught up by a snapshot, which carries the configuration.
+pub const FOUNDING_POSITION: (u64, u64) = (1, 1);
+
 /// The Raft log of a node.
 #[derive(Clone)]
 pub struct RaftStore {
@@ -82,11 +89,19 @@ impl RaftStore {
             );
         }
         if *log.conf_state() == ConfState::default() && !initial_voters.is_empty() {
+            let (index, term) = FOUNDING_POSITION;
             let mut batch = LogBatch::new();
-            batch.set_conf_state(ConfState {
-                voters: initial_voters.to_vec(),
-                ..Default::default()
-            });
+            batch
+                .restore(index, term)
+                .set_conf_state(ConfState {
+                    voters: initial_voters.to_vec(),
+                    ..Default::default()
+                })
+                .set_hard_state(HardState {
+                    term,
+                    commit: index,
+                    ..Default::default()
+                });
             log.write(batch)?;
             log.sync()?;
         }
@@ -279,21 +294,25 @@ mod tests {
     #[test]
     fn log_survives_reopen_and_truncates_conflicts() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
+        // A founder's log starts after its founding position.
+        let b = FOUNDING_POSITION.0;
         {
             let store = Store::open(dir.path())?;
             let raft = RaftStore::open(&store, &[1, 2, 3])?;
+            assert_eq!(raft.first_index()?, b + 1);
+            assert_eq!(raft.term(b)?, FOUNDING_POSITION.1);
             raft.write(LogWrite {
-                entries: (1..=5).map(|i| entry(i, 1)).collect(),
+                entries: (b + 1..=b + 5).map(|i| entry(i, 1)).collect(),
                 ..LogWrite::default()
             })?;
             let hs = HardState {
                 term: 2,
                 vote: 1,
-                commit: 3,
+                commit: b + 3,
                 ..Default::default()
             };
             raft.write(LogWrite {
-                entries: vec![entry(4, 2)],
+                entries: vec![entry(b + 4, 2)],
                 hard_state: Some(hs),
                 ..LogWrite::default()
             })?;
@@ -301,17 +320,36 @@ mod tests {
         }
         let store = Store::open(dir.path())?;
         let raft = RaftStore::open(&store, &[])?;
-        assert_eq!(raft.last_index()?, 4);
-        assert_eq!(raft.term(4)?, 2);
-        assert_eq!(raft.term(3)?, 1);
+        assert_eq!(raft.last_index()?, b + 4);
+        assert_eq!(raft.term(b + 4)?, 2);
+        assert_eq!(raft.term(b + 3)?, 1);
         let st = raft.initial_state()?;
-        assert_eq!((st.hard_state.term, st.hard_state.commit), (2, 3));
+        assert_eq!((st.hard_state.term, st.hard_state.commit), (2, b + 3));
         assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
-        raft.compact(3)?;
-        assert_eq!(raft.first_index()?, 3);
-        assert_eq!(raft.term(2)?, 1);
-        assert!(entries(&raft, 1, 3).is_err());
-        assert_eq!(entries(&raft, 3, 5)?.len(), 2);
+        raft.compact(b + 3)?;
+        assert_eq!(raft.first_index()?, b + 3);
+        assert_eq!(raft.term(b + 2)?, 1);
+        assert!(entries(&raft, b + 1, b + 3).is_err());
+        assert_eq!(entries(&raft, b + 3, b + 5)?.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn a_joiners_log_is_empty_and_a_founders_starts_after_the_founding_position()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("joiner"))?;
+        let joiner = RaftStore::open(&store, &[])?;
+        assert_eq!((joiner.first_index()?, joiner.last_index()?), (1, 0));
+        assert_eq!(joiner.initial_state()?.conf_state, ConfState::default());
+        let store = Store::open(&dir.path().join("founder"))?;
+        let founder = RaftStore::open(&store, &[1, 2, 3])?;
+        // The joiner needs entry 1 next; no founder has it, so a leader must send a snapshot.
+        assert!(entries(&founder, 1, 2).is_err());
+        assert_eq!(
+            founder.initial_state()?.hard_state.commit,
+            FOUNDING_POSITION.0
+        );
         Ok(())
     }
 
@@ -444,7 +482,7 @@ mod tests {
             let store = Store::open(dir.path())?;
             let raft = RaftStore::open(&store, &[1])?;
             raft.write(LogWrite {
-                entries: vec![entry(1, 1)],
+                entries: vec![entry(FOUNDING_POSITION.0 + 1, 1)],
                 ..LogWrite::default()
             })?;
             raft.sync()?;
