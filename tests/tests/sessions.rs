@@ -676,16 +676,15 @@ async fn the_ca_command_listens_begins_ends_and_inspects() -> anyhow::Result<()>
         "2",
     ])?
     .spawn()?;
-    // The listener is in place once its session shows up with the first notification acked.
+    // One notification, queued whether or not the listener is connected yet; it is taken once
+    // the session's queue is empty again (acknowledged).
+    run(&["call", APP, "ann-phone", "notify", "ping", "cli"]).await?;
     eventually(
         "the listener to take a notification",
         Duration::from_secs(20),
         || {
             let run = &run;
             async move {
-                run(&["call", APP, "ann-phone", "notify", "ping", "cli"])
-                    .await
-                    .ok()?;
                 let view = run(&["inspect", APP, "ann-phone"]).await.ok()?;
                 view["sessions"].get("cli").is_none().then_some(())
             }
@@ -714,6 +713,7 @@ async fn the_ca_command_listens_begins_ends_and_inspects() -> anyhow::Result<()>
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines.iter().all(|l| l["session"] == json!("cli")));
     assert_eq!(lines[0]["args"], json!(["ping"]));
+    assert_eq!(lines[1]["args"], json!([{"last": true}]));
     assert!(lines[0]["seq"].as_u64() < lines[1]["seq"].as_u64());
     let begun = run(&["--session", "s", "session", "begin", APP, "ann-phone"]).await?;
     let nonce = begun["nonce"].as_str().unwrap_or_default().to_string();
