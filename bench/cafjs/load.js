@@ -45,7 +45,13 @@ const open = (k) => new Promise((resolve, reject) => {
     });
     // One first turn creates (or activates) the CA before the clock starts.
     s.onopen = () => s.increment(1).getPromise().then(() => resolve(s), reject);
-    s.onclose = (err) => reject(err || new Error('session closed'));
+    s.onclose = (err) => {
+        // caf_cli's error keeps the WebSocket's own error (the cause) in `err.err`.
+        const cause = err && err.err;
+        const why = cause ? ' (' + (cause.message || cause.code || String(cause)) + ')' : '';
+        reject(new Error('session ' + name + ' closed: ' +
+                         ((err && err.message) || 'no error') + why));
+    };
 });
 
 const drive = async (s) => {

@@ -787,8 +787,8 @@ async fn run_ca(
     setup.insert(
         "ca: Caf.js",
         format!(
-            "{cafjs_version}; bench/cafjs: the counter app, security off, one node process on \
-             127.0.0.1, Redis with appendonly yes, appendfsync always; clients: bench/cafjs/load.js \
+            "{cafjs_version}; bench/cafjs: the counter app, security off, the platform's hang watchdog \
+             off (MAX_HANG_RETRIES), one node process on 127.0.0.1, Redis with appendonly yes, appendfsync always; clients: bench/cafjs/load.js \
              in one node process, a caf_cli session (WebSocket) per CA; server CPU = node + Redis"
         ),
     );

@@ -27,6 +27,8 @@ pub struct CafjsTarget {
     pub procs: ServerProcs,
     /// Versions, for the report.
     pub version: String,
+    /// The node process's log.
+    pub log: PathBuf,
 }
 
 /// `bench/cafjs/` in the source tree this benchmark was built from.
@@ -98,8 +100,14 @@ impl CafjsTarget {
             .env("REDIS_PORT_6379_TCP_PORT", port(&redis_addr))
             .env("PORT0", port(&app_addr))
             .env("HOST", "127.0.0.1")
-            .env("LOG_LEVEL", "WARN");
-        procs.spawn(node, &data.join("node.log"))?;
+            .env("LOG_LEVEL", "WARN")
+            // caf_platform's supervisor kills the process when its periodic checkup (every 2 s)
+            // is still running 20 checks later; while 10,000 sessions open on 2 busy cores it
+            // is, and the platform exits ("Hang in checkup"). The watchdog is a deployment
+            // setting, not part of the work measured, so it is turned off.
+            .env("MAX_HANG_RETRIES", "1000000");
+        let log = data.join("node.log");
+        procs.spawn(node, &log)?;
         if let Err(e) = wait_listening(&app_addr, "the Caf.js app").await {
             bail!("{e:#}\n{}", procs.log_tails(10));
         }
@@ -114,7 +122,22 @@ impl CafjsTarget {
             dir: dir.to_path_buf(),
             procs,
             version,
+            log,
         })
+    }
+
+    /// Why the Caf.js platform stopped, when its log says it did ("Platform Dying").
+    pub fn death(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.log).ok()?;
+        let at = text.find("Platform Dying")?;
+        let reason = text[at..]
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("\"msg\":"))
+            .map_or("no reason given", |m| m.trim().trim_matches('"'));
+        Some(format!(
+            "the Caf.js platform died: {reason} (see {})",
+            self.log.display()
+        ))
     }
 }
 

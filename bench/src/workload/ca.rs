@@ -245,9 +245,10 @@ pub async fn cafjs(target: &CafjsTarget, prefix: &str, shape: Shape) -> anyhow::
         let mut err = String::new();
         let _ = stderr.read_to_string(&mut err).await;
         bail!(
-            "load.js failed before measuring: {} {}",
+            "load.js failed before measuring: {} {}{}",
             first.unwrap_or_default(),
-            err.trim()
+            err.trim(),
+            target.death().map(|d| format!("; {d}")).unwrap_or_default()
         );
     }
     eprintln!(
@@ -267,7 +268,11 @@ pub async fn cafjs(target: &CafjsTarget, prefix: &str, shape: Shape) -> anyhow::
     if !status.success() {
         let mut err = String::new();
         let _ = stderr.read_to_string(&mut err).await;
-        bail!("load.js failed ({status}): {}", err.trim());
+        bail!(
+            "load.js failed ({status}): {}{}",
+            err.trim(),
+            target.death().map(|d| format!("; {d}")).unwrap_or_default()
+        );
     }
     let report: CafjsReport =
         serde_json::from_str(&last).with_context(|| format!("load.js's report: {last:.200}"))?;
