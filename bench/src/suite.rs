@@ -293,7 +293,7 @@ impl Recorder {
     }
 
     /// Runs one measurement on the system whose servers are `pids` and records it, failed or
-    /// not.
+    /// not; returns whether it succeeded.
     async fn measure<F: Future<Output = anyhow::Result<Outcome>>>(
         &mut self,
         workload: &'static str,
@@ -301,7 +301,7 @@ impl Recorder {
         system: System,
         pids: &[u32],
         run: F,
-    ) {
+    ) -> bool {
         eprintln!("[{workload} {parameter}] {} ...", system.name());
         let cpu_before = procfs::total_cpu(pids).ok();
         let own_before = procfs::own_cpu().ok();
@@ -362,7 +362,9 @@ impl Recorder {
                 }
             }
         }
+        let ok = m.error.is_none();
         self.measurements.push(m);
+        ok
     }
 }
 
@@ -748,9 +750,9 @@ async fn run_ca(
     } else {
         None
     };
-    let cafjs = if wants(System::Cafjs) {
+    let cafjs_dir = args.cafjs_dir.clone().unwrap_or_else(cafjs::default_dir);
+    let mut cafjs = if wants(System::Cafjs) {
         eprintln!("starting Caf.js (node) and Redis ...");
-        let cafjs_dir = args.cafjs_dir.clone().unwrap_or_else(cafjs::default_dir);
         Some(CafjsTarget::start(&cafjs_dir, &dir.join("cafjs")).await)
     } else {
         None
@@ -811,10 +813,11 @@ async fn run_ca(
             .collect(),
         _ => Vec::new(),
     };
-    let cafjs_pids = match &cafjs {
+    let pids_of = |cafjs: &Option<anyhow::Result<CafjsTarget>>| match cafjs {
         Some(Ok(c)) => c.procs.pids(),
         _ => Vec::new(),
     };
+    let mut cafjs_pids = pids_of(&cafjs);
     // Every CA count with one client per CA, then the hot CA: one CA, many clients at once.
     let mut runs: Vec<(String, usize, usize)> = params
         .cas
@@ -833,6 +836,7 @@ async fn run_ca(
             seconds: params.ca_seconds,
         };
         let names = format!("b{}n{n}c{callers}x", rec.run);
+        let mut cafjs_failed = false;
         for system in systems(chosen, "ca", k) {
             match (system, &host, &cafjs) {
                 (System::CaHost, Some(Ok(h)), _) => {
@@ -841,7 +845,8 @@ async fn run_ca(
                 }
                 (System::Cafjs, _, Some(Ok(c))) => {
                     let run = ca::cafjs(c, &names, shape);
-                    rec.measure("ca", &parameter, system, &cafjs_pids, run)
+                    cafjs_failed = !rec
+                        .measure("ca", &parameter, system, &cafjs_pids, run)
                         .await;
                 }
                 (System::CaHost, Some(Err(e)), _) | (System::Cafjs, _, Some(Err(e))) => {
@@ -851,6 +856,16 @@ async fn run_ca(
                 }
                 _ => {}
             }
+        }
+        if cafjs_failed {
+            // A platform that failed (it may still be busy, or dead) would spoil the next
+            // measurement of it, and the CA host's beside it: a fresh node process and Redis.
+            eprintln!("restarting Caf.js (node) and Redis after its failure ...");
+            if let Some(Ok(c)) = cafjs.as_mut() {
+                c.procs.stop().await;
+            }
+            cafjs = Some(CafjsTarget::start(&cafjs_dir, &dir.join(format!("cafjs-{k}"))).await);
+            cafjs_pids = pids_of(&cafjs);
         }
     }
     for target in [
