@@ -422,11 +422,37 @@ impl HostInner {
         if !self.apps.contains_key(&app) {
             return;
         }
-        if let Some(p) = &self.placement
-            && p.known_route(p.partition(&app, &ca)) != Some(Route::Local)
-        {
-            return;
+        if let Some(placement) = self.placement.clone() {
+            let p = placement.partition(&app, &ca);
+            match placement.known_route(p) {
+                Some(Route::Local) => {}
+                // Another live host holds the partition: the wake-up is in its index and its
+                // schedule.
+                Some(Route::Remote(_)) => return,
+                // Our lease is due for renewal (or not known): the wake-up was taken from the
+                // schedule, so it must not be dropped; settle the lease first, and if the
+                // Spine cannot say now, try again shortly.
+                None => {
+                    tokio::spawn(async move {
+                        match placement.claim(p).await {
+                            Ok(Route::Local) => self.wake_local(app, ca),
+                            Ok(Route::Remote(_)) => {}
+                            Err(e) => {
+                                tracing::debug!(%app, %ca, error = %e, "wake-up waits for the lease");
+                                let again = crate::plugins::timers::now_ms() + WAKE_RETRY_MS;
+                                self.wakeups.schedule_at(&app, &ca, Some(again));
+                            }
+                        }
+                    });
+                    return;
+                }
+            }
         }
+        self.wake_local(app, ca);
+    }
+
+    /// Activates a CA of a partition held here for its wake-ups, unless it is active.
+    fn wake_local(self: Arc<Self>, app: AppName, ca: CaName) {
         let active = {
             let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots
@@ -498,6 +524,10 @@ impl HostInner {
         }
     }
 }
+
+/// How long a wake-up whose partition's lease could not be settled waits before it is tried
+/// again.
+const WAKE_RETRY_MS: u64 = 500;
 
 /// Renews this host's leases a few times per lease period; ends the activations of partitions
 /// it lost. Stops with the host.

@@ -115,7 +115,7 @@ struct ServeArgs {
     #[arg(long, value_name = "APP=VERSION")]
     state_version: Vec<String>,
     /// Give an app a pulse (`demo-timers=500`): its CAs get `__ca_pulse__` every that many
-    /// milliseconds (the `timers` plugin's env `pulse_ms`).
+    /// milliseconds (the `timers` plugin's env `pulse_ms`); `demo-timers=0` takes the pulse away.
     #[arg(long, value_name = "APP=MS")]
     pulse: Vec<String>,
     /// How often the host looks for partitions with due timers that no live host holds

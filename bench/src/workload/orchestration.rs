@@ -80,17 +80,33 @@ pub async fn run(shape: Shape, dir: &Path) -> anyhow::Result<Value> {
         format!("demo-books={}", fleet.sink()),
         "--idle-ms".to_string(),
         shape.idle.as_millis().to_string(),
+        // The timer CAs are inactive until a delayed call is due: demo-timers' default pulse
+        // (every second) would keep each of them busy.
+        "--pulse".to_string(),
+        "demo-timers=0".to_string(),
     ];
     let host = CaHostTarget::start_with(&spine, &dir.join("host"), &extra).await?;
     fleet.set_ingress(&format!("http://{}", host.http));
     let result = async {
+        eprintln!("{} orchestrations ...", shape.orchestrations);
         let events = events(&fleet, shape).await?;
+        eprintln!("counter turns at {} CAs (the peer) ...", shape.orchestrations);
         let peer = counter_peer(&host, shape).await?;
         let timers = timers(&host, shape).await?;
+        eprintln!("as many tokio timers (the peer) ...");
         let timer_peer = tokio_timers(shape).await;
         anyhow::Ok(json!({"events": events, "counter_peer": peer, "timers": timers, "tokio_timers": timer_peer}))
     }
     .await;
+    if result.is_err() {
+        // The data directory goes with this process: what the host said is shown now.
+        let log = std::fs::read_to_string(dir.join("host").join("host.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!("the CA host's log, last lines:");
+        for line in tail.into_iter().rev() {
+            eprintln!("  {line}");
+        }
+    }
     spine.procs.stop().await;
     let figures = result?;
     print_table(&figures, shape);
@@ -192,6 +208,13 @@ async fn timers(host: &CaHostTarget, shape: Shape) -> anyhow::Result<Value> {
     let lead = shape.timer_lead.as_millis() as u64;
     let spread = shape.timer_spread.as_millis() as u64;
     let set_started = Instant::now();
+    let total = shape.timer_cas as u64 * per;
+    eprintln!(
+        "setting {total} timers on {} CAs (the first due in {:?}) ...",
+        shape.timer_cas, shape.timer_lead
+    );
+    let set = std::sync::atomic::AtomicUsize::new(0);
+    let set = &set;
     // Each CA's timers are spread over the whole window, interleaved with the others'.
     futures::stream::iter(0..shape.timer_cas)
         .map(|i| {
@@ -211,13 +234,22 @@ async fn timers(host: &CaHostTarget, shape: Shape) -> anyhow::Result<Value> {
             }
         })
         .buffer_unordered(200)
-        .try_for_each(|_| async { Ok(()) })
+        .try_for_each(|_| async move {
+            let n = set.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n % 1_000 == 0 {
+                eprintln!(
+                    "  {n} CAs set, {:.1} s",
+                    set_started.elapsed().as_secs_f64()
+                );
+            }
+            Ok(())
+        })
         .await?;
     let set_seconds = set_started.elapsed().as_secs_f64();
     // All set before the first is due? Otherwise the figure measures the setting, not timers.
     let pending_all = set_started.elapsed() < shape.timer_lead;
+    eprintln!("waiting for the timers to fire ...");
     tokio::time::sleep(shape.timer_lead + shape.timer_spread).await;
-    let total = shape.timer_cas as u64 * per;
     let mut lateness = Latencies::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut pending: Vec<usize> = (0..shape.timer_cas).collect();

@@ -176,12 +176,23 @@ pub fn pending(cx: &mut Cx<'_>) -> MethodResult<BTreeMap<u64, Timer>> {
 }
 
 /// The component factory (`ca-runtime#timers`): env `pulse_ms` (an object: app name → period
-/// in ms) and `max_timers` (delayed calls per CA).
+/// in ms; 0 gives the app no pulse) and `max_timers` (delayed calls per CA).
 pub(crate) fn part(
     env: &serde_json::Map<String, Value>,
 ) -> Result<crate::assembly::PluginPart, components::BoxError> {
+    let pulse = pulse_periods(env.get("pulse_ms"))?;
+    let max_timers = crate::assembly::u64_of(env, "max_timers")? as usize;
+    Ok(crate::assembly::PluginPart {
+        intent: None,
+        turn: Some(TimersPlugin::new(pulse, max_timers)),
+    })
+}
+
+/// The pulse period of each app from env `pulse_ms` (app name → ms, a number or a string of
+/// one); an app given 0 has no pulse (so a flag can take back a description's default).
+fn pulse_periods(env: Option<&Value>) -> Result<BTreeMap<String, u64>, String> {
     let mut pulse = BTreeMap::new();
-    match env.get("pulse_ms") {
+    match env {
         None | Some(Value::Null) => {}
         Some(Value::Object(apps)) => {
             for (app, ms) in apps {
@@ -191,25 +202,25 @@ pub(crate) fn part(
                     .as_u64()
                     .or_else(|| ms.as_str().and_then(|s| s.parse().ok()))
                     .ok_or_else(|| format!("env pulse_ms.{app}: a period in ms, not {ms}"))?;
+                if ms == 0 {
+                    continue;
+                }
                 if ms < table::MIN_PERIOD_MS {
                     return Err(format!(
                         "env pulse_ms.{app}: {ms} ms; the shortest pulse is {} ms",
                         table::MIN_PERIOD_MS
-                    )
-                    .into());
+                    ));
                 }
                 pulse.insert(app.clone(), ms);
             }
         }
         Some(other) => {
-            return Err(format!("env pulse_ms must map app names to periods, not {other}").into());
+            return Err(format!(
+                "env pulse_ms must map app names to periods, not {other}"
+            ));
         }
     }
-    let max_timers = crate::assembly::u64_of(env, "max_timers")? as usize;
-    Ok(crate::assembly::PluginPart {
-        intent: None,
-        turn: Some(TimersPlugin::new(pulse, max_timers)),
-    })
+    Ok(pulse)
 }
 
 #[cfg(test)]
@@ -217,6 +228,21 @@ mod tests {
     use super::*;
     use serde_json::json;
     use sharing_map::{AppName, CaName};
+
+    #[test]
+    fn pulse_periods_are_read_per_app_and_zero_takes_the_pulse_away() {
+        let periods = pulse_periods(Some(&json!({"demo-timers": "500", "acme-shop": 0})));
+        assert_eq!(periods, Ok([("demo-timers".to_string(), 500)].into()));
+        assert_eq!(pulse_periods(None), Ok(BTreeMap::new()));
+        for bad in [
+            json!({"demo-timers": 1}),
+            json!({"demo-timers": "soon"}),
+            json!({"Not An App": 500}),
+            json!([500]),
+        ] {
+            assert!(pulse_periods(Some(&bad)).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_plugin_arms_the_pulse_of_apps_that_have_one_and_fires_system_messages() {
