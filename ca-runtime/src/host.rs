@@ -417,7 +417,8 @@ impl HostInner {
         }
     }
 
-    /// Activates a CA of a partition held here for its wake-ups, unless it is active.
+    /// A CA's wake-up is due: activates it (unless it is active) when its partition is held
+    /// here, settling the partition's lease first when it is due for renewal.
     pub(crate) fn wake(self: Arc<Self>, app: AppName, ca: CaName) {
         if !self.apps.contains_key(&app) {
             return;
